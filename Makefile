@@ -1,0 +1,39 @@
+# airflow-dataset-forwarder: `make test` and `make demo` are the two entry points (see README).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+CACHE ?= $(HOME)/.cache/airflow-dataset-forwarder
+DEV_HASH := $(shell cat requirements-dev.txt layers/dependencies/requirements.txt | sha256sum | cut -c1-12)
+VENV := $(CACHE)/venv-dev-$(DEV_HASH)
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test lint unit integration venv demo clean-venvs
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt
+	@echo "==> creating dev venv $(VENV)"
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+test: lint unit integration ## everything CI runs
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+demo:
+	@echo "make demo: the local stack with two real Airflow deployments is coming (issue 6)."
+	@echo "Today, 'make test' runs the forwarder against moto server and fake Airflow APIs."
+
+clean-venvs:
+	rm -rf $(CACHE)/venv-dev-*

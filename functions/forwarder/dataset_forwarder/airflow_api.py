@@ -1,0 +1,311 @@
+"""Clients for downstream Airflow REST APIs: version detection, auth, asset lookup, event POST.
+
+Airflow 2: `POST /api/v1/datasets/events`. Airflow 3: resolve the asset id (the `uri_pattern`
+filter is a case-insensitive substring match, so the exact uri is picked here), then
+`POST /api/v2/assets/events`. Every failure becomes a `DeliveryFailed` with a secret-free detail.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+
+from .outcomes import (
+    AUTH,
+    CONNECTION,
+    INVALID_TARGET,
+    TIMEOUT,
+    UNKNOWN_DATASET,
+    DeliveryFailed,
+    failure_for_status,
+    redact,
+)
+from .targets import Target
+
+TOKEN_REFRESH_MARGIN_S = 60.0
+TOKEN_DEFAULT_LIFETIME_S = 300.0
+ASSET_PAGE_SIZE = 100
+ASSET_MAX_PAGES = 20
+CONNECT_TIMEOUT_CAP_S = 3.05
+BODY_EXCERPT = 300
+
+
+class SecretSource(Protocol):
+    def get(self, name: str, *, fresh: bool = False) -> str: ...
+
+    def known_values(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class Posted:
+    """A 2xx answer to the event POST."""
+
+    status: int
+    api: str
+    downstream_event_id: Any = None
+
+
+def _jwt_expiry(token: str) -> float | None:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        exp = claims.get("exp")
+        return float(exp) if isinstance(exp, int | float) else None
+    except (IndexError, ValueError, AttributeError):
+        return None
+
+
+def _excerpt(response: requests.Response) -> str:
+    text = response.text.strip().replace("\n", " ")
+    return text[:BODY_EXCERPT]
+
+
+class AirflowClient:
+    """Delivers one event to one target; caches API versions, asset ids and JWTs across calls."""
+
+    def __init__(
+        self,
+        session: requests.Session,
+        secrets: SecretSource,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._session = session
+        self._secrets = secrets
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._versions: dict[str, str] = {}
+        self._asset_ids: dict[tuple[str, str], int] = {}
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+
+    # -- public -----------------------------------------------------------------------------
+
+    def deliver(self, target: Target, uri: str, extra: Mapping[str, Any]) -> Posted:
+        version = self.api_version(target)
+        if version == "2":
+            return self._post_v1(target, uri, extra)
+        return self._post_v2(target, uri, extra)
+
+    def api_version(self, target: Target) -> str:
+        """ "2" or "3": from the target's setting, or probed once per url and cached."""
+        if target.airflow != "auto":
+            return target.airflow
+        with self._lock:
+            cached = self._versions.get(target.url)
+        if cached:
+            return cached
+        headers = {} if target.auth.type == "airflow-token" else self._static_auth(target, fresh=False)
+        version = None
+        for candidate, path in (("3", "/api/v2/version"), ("2", "/api/v1/version")):
+            response = self._request(target, "GET", path, headers=headers)
+            if response.status_code in (200, 401, 403):
+                version = candidate
+                break
+            if response.status_code != 404:
+                raise self._failure(target, response, "GET", path)
+        if version is None:
+            raise DeliveryFailed(
+                INVALID_TARGET,
+                f"no Airflow REST API at {target.url} (/api/v2/version and /api/v1/version answered 404)",
+                transient=False,
+            )
+        with self._lock:
+            self._versions[target.url] = version
+        return version
+
+    def find_asset(self, target: Target, uri: str, *, fresh: bool = False) -> dict[str, Any] | None:
+        """Airflow 3: the asset whose uri is exactly `uri` (cached by id), or None."""
+        offset = 0
+        for _ in range(ASSET_MAX_PAGES):
+            params = {"uri_pattern": uri, "limit": str(ASSET_PAGE_SIZE), "offset": str(offset)}
+            response = self._authorized(target, "GET", "/api/v2/assets", params=params)
+            if response.status_code != 200:
+                raise self._failure(target, response, "GET", "/api/v2/assets")
+            try:
+                page = response.json()
+                assets = page["assets"]
+                total = int(page.get("total_entries", 0))
+            except (ValueError, KeyError, TypeError):
+                raise DeliveryFailed(
+                    INVALID_TARGET, "GET /api/v2/assets answered something that is not an asset list", transient=False
+                ) from None
+            for asset in assets:
+                if isinstance(asset, dict) and asset.get("uri") == uri:
+                    with self._lock:
+                        self._asset_ids[(target.url, uri)] = int(asset["id"])
+                    return asset
+            offset += len(assets)
+            if not assets or offset >= total:
+                return None
+        return None
+
+    # -- event POSTs ------------------------------------------------------------------------
+
+    def _post_v1(self, target: Target, uri: str, extra: Mapping[str, Any]) -> Posted:
+        path = "/api/v1/datasets/events"
+        response = self._authorized(target, "POST", path, json_body={"dataset_uri": uri, "extra": extra})
+        if 200 <= response.status_code <= 299:
+            return Posted(response.status_code, "v1", self._event_id(response))
+        if response.status_code == 404:
+            raise DeliveryFailed(
+                UNKNOWN_DATASET,
+                f"{target.name} does not know dataset {uri} (no DAG there references it): {_excerpt(response)}",
+                transient=False,
+            )
+        raise self._failure(target, response, "POST", path)
+
+    def _post_v2(self, target: Target, uri: str, extra: Mapping[str, Any]) -> Posted:
+        path = "/api/v2/assets/events"
+        with self._lock:
+            asset_id = self._asset_ids.get((target.url, uri))
+        from_cache = asset_id is not None
+        for _ in range(2):
+            if asset_id is None:
+                asset = self.find_asset(target, uri)
+                if asset is None:
+                    raise DeliveryFailed(
+                        UNKNOWN_DATASET,
+                        f"{target.name} has no asset with uri {uri} (no DAG there references it)",
+                        transient=False,
+                    )
+                asset_id = int(asset["id"])
+            response = self._authorized(target, "POST", path, json_body={"asset_id": asset_id, "extra": extra})
+            if 200 <= response.status_code <= 299:
+                return Posted(response.status_code, "v2", self._event_id(response))
+            if response.status_code != 404:
+                raise self._failure(target, response, "POST", path)
+            with self._lock:
+                self._asset_ids.pop((target.url, uri), None)
+            if not from_cache:
+                break
+            from_cache, asset_id = False, None  # a stale cached id: resolve once more
+        raise DeliveryFailed(
+            UNKNOWN_DATASET, f"{target.name} no longer has asset {uri}: {_excerpt(response)}", transient=False
+        )
+
+    @staticmethod
+    def _event_id(response: requests.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        return body.get("id") if isinstance(body, dict) else None
+
+    # -- auth -------------------------------------------------------------------------------
+
+    def _authorized(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> requests.Response:
+        """One API call with the target's credentials; on 401/403 the credential is fetched again once."""
+        headers = self._auth_headers(target, fresh=False)
+        response = self._request(target, method, path, headers=headers, params=params, json_body=json_body)
+        if response.status_code not in (401, 403) or target.auth.type == "none":
+            return response
+        renewed = self._auth_headers(target, fresh=True)
+        if renewed == headers and target.auth.type != "airflow-token":
+            return response
+        return self._request(target, method, path, headers=renewed, params=params, json_body=json_body)
+
+    def _auth_headers(self, target: Target, *, fresh: bool) -> dict[str, str]:
+        if target.auth.type == "airflow-token":
+            return {"Authorization": f"Bearer {self._jwt(target, fresh=fresh)}"}
+        return self._static_auth(target, fresh=fresh)
+
+    def _static_auth(self, target: Target, *, fresh: bool) -> dict[str, str]:
+        auth = target.auth
+        if auth.type == "bearer":
+            return {"Authorization": f"Bearer {self._secret(target, fresh=fresh)}"}
+        if auth.type == "basic":
+            pair = f"{auth.username}:{self._secret(target, fresh=fresh)}".encode()
+            return {"Authorization": f"Basic {base64.b64encode(pair).decode()}"}
+        return {}
+
+    def _secret(self, target: Target, *, fresh: bool) -> str:
+        name = target.auth.secret
+        if not name:
+            raise DeliveryFailed(AUTH, f"target {target.name} names no secret", transient=False)
+        return self._secrets.get(name, fresh=fresh)
+
+    def _jwt(self, target: Target, *, fresh: bool) -> str:
+        key = (target.url, target.auth.username or "")
+        now = self._clock()
+        with self._lock:
+            cached = self._tokens.get(key)
+        if cached and not fresh and cached[1] > now:
+            return cached[0]
+        body = {"username": target.auth.username, "password": self._secret(target, fresh=fresh)}
+        response = self._request(target, "POST", "/auth/token", json_body=body)
+        if response.status_code in (401, 403) and not fresh:
+            body["password"] = self._secret(target, fresh=True)
+            response = self._request(target, "POST", "/auth/token", json_body=body)
+        if response.status_code not in (200, 201):
+            failure = self._failure(target, response, "POST", "/auth/token")
+            if response.status_code in (400, 401, 403, 422):
+                failure = DeliveryFailed(
+                    AUTH, f"{target.name} refused the credentials at /auth/token: {failure.detail}", transient=False
+                )
+            raise failure
+        try:
+            token = str(response.json()["access_token"])
+        except (ValueError, KeyError, TypeError):
+            raise DeliveryFailed(AUTH, "/auth/token answered without an access_token", transient=False) from None
+        expiry = _jwt_expiry(token) or now + TOKEN_DEFAULT_LIFETIME_S
+        with self._lock:
+            self._tokens[key] = (token, expiry - TOKEN_REFRESH_MARGIN_S)
+        return token
+
+    # -- transport --------------------------------------------------------------------------
+
+    def _request(
+        self,
+        target: Target,
+        method: str,
+        path: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+    ) -> requests.Response:
+        timeout = (min(CONNECT_TIMEOUT_CAP_S, target.timeout_s), target.timeout_s)
+        try:
+            return self._session.request(
+                method,
+                target.url + path,
+                headers=dict(headers or {}),
+                params=params,
+                json=json_body,
+                timeout=timeout,
+                allow_redirects=False,  # never carry credentials to another host
+            )
+        except requests.Timeout:
+            raise DeliveryFailed(
+                TIMEOUT, f"{method} {path} on {target.name} got no answer within {target.timeout_s:g}s", transient=True
+            ) from None
+        except requests.ConnectionError as exc:
+            raise DeliveryFailed(
+                CONNECTION, f"{method} {path} on {target.name}: {type(exc).__name__}", transient=True
+            ) from None
+        except requests.RequestException as exc:
+            raise DeliveryFailed(
+                INVALID_TARGET, f"{method} {path} on {target.name}: {type(exc).__name__}", transient=False
+            ) from None
+
+    def _failure(self, target: Target, response: requests.Response, method: str, path: str) -> DeliveryFailed:
+        detail = f"{method} {path} on {target.name} answered {response.status_code}: {_excerpt(response)}"
+        with self._lock:
+            known = [token for token, _ in self._tokens.values()]
+        known += self._secrets.known_values()
+        return failure_for_status(response.status_code, response.headers, redact(detail, known))

@@ -1,0 +1,54 @@
+"""Dead letters (DESIGN.md §6): one DLQ message per failed (event, target), with the reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .outcomes import MAX_DETAIL
+
+NO_TARGET = "-"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What goes to the DLQ: the body to replay and the String attributes that explain it."""
+
+    body: str
+    target: str
+    error: str
+    detail: str
+    attempts: int
+    failed_at: str
+
+    @classmethod
+    def now(cls, *, body: str, target: str, error: str, detail: str, attempts: int) -> DeadLetter:
+        failed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        return cls(body, target, error, detail[:MAX_DETAIL], attempts, failed_at)
+
+    def message_attributes(self) -> dict[str, dict[str, str]]:
+        values = {
+            "target": self.target,
+            "error": self.error,
+            "detail": self.detail or "-",
+            "attempts": str(self.attempts),
+            "failed_at": self.failed_at,
+        }
+        return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}
+
+
+class DeadLetterQueue:
+    """Sends dead letters with an SQS client created by the caller (lazily, in the runtime)."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+
+    def send(self, letter: DeadLetter) -> str:
+        response = self._sqs.send_message(
+            QueueUrl=self._queue_url,
+            MessageBody=letter.body,
+            MessageAttributes=letter.message_attributes(),
+        )
+        return str(response["MessageId"])

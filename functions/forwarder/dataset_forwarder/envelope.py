@@ -1,0 +1,95 @@
+"""The envelope v1 (DESIGN.md §3): parse an SQS body, build what downstream and the DLQ receive."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = 1
+MAX_ID_LENGTH = 256
+LINEAGE_KEY = "dataset_forwarder"
+
+
+class InvalidMessage(ValueError):
+    """The SQS body is not a usable envelope; the reason is safe to show in a dead letter."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One upstream dataset event, as the listener put it on the queue."""
+
+    id: str
+    uri: str
+    name: str | None
+    extra: dict[str, Any]
+    source: dict[str, Any]
+    trail: tuple[str, ...]
+    only_targets: tuple[str, ...] | None
+    raw: dict[str, Any]
+
+    def downstream_extra(self) -> dict[str, Any]:
+        """The extra posted downstream: the upstream extra plus our lineage key."""
+        lineage = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        return {**self.extra, LINEAGE_KEY: lineage}
+
+    def dead_letter_body(self, target: str) -> str:
+        """The body of a dead letter: this envelope, unknown fields kept, aimed at one target."""
+        return json.dumps({**self.raw, "only_targets": [target]}, ensure_ascii=False, separators=(",", ":"))
+
+
+def _optional_str(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise InvalidMessage(f"'{key}' must be a string or null, got {type(value).__name__}")
+
+
+def _str_list(data: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise InvalidMessage(f"'{key}' must be a list of non-empty strings")
+    return tuple(value)
+
+
+def parse_envelope(body: str) -> Envelope:
+    """Parse and validate an SQS message body; unknown fields are ignored (forward compatible)."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidMessage(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"body must be a JSON object, got {type(data).__name__}")
+    version = data.get("version")
+    if type(version) is not int or version != VERSION:
+        raise InvalidMessage(f"unsupported envelope version {version!r}; this forwarder reads version {VERSION}")
+    event_id = data.get("id")
+    if not isinstance(event_id, str) or not event_id.strip():
+        raise InvalidMessage("'id' is required and must be a non-empty string")
+    if len(event_id) > MAX_ID_LENGTH:
+        raise InvalidMessage(f"'id' is longer than {MAX_ID_LENGTH} characters")
+    uri = data.get("uri")
+    if not isinstance(uri, str) or not uri.strip():
+        raise InvalidMessage("'uri' is required and must be a non-empty string")
+    extra = data.get("extra")
+    if extra is None:
+        extra = {}
+    elif not isinstance(extra, dict):
+        raise InvalidMessage(f"'extra' must be an object, got {type(extra).__name__}")
+    source = data.get("source")
+    if source is None:
+        source = {}
+    elif not isinstance(source, dict):
+        raise InvalidMessage(f"'source' must be an object, got {type(source).__name__}")
+    return Envelope(
+        id=event_id,
+        uri=uri,
+        name=_optional_str(data, "name"),
+        extra=extra,
+        source=source,
+        trail=_str_list(data, "trail") or (),
+        only_targets=_str_list(data, "only_targets"),
+        raw=data,
+    )

@@ -1,0 +1,228 @@
+"""Forwards one SQS record: parse, route, deliver to every target at most once, then dead-letter or retry.
+
+Per target the outcome is one of: delivered, duplicate (delivered before), dead-lettered
+(permanent failure, or transient on the last attempt), retry (transient). A record with any
+`retry` target has its visibility pushed back and is reported in `batchItemFailures`; its next
+receive tries only those targets, because the others are settled in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .dead_letters import NO_TARGET, DeadLetter, DeadLetterQueue
+from .envelope import Envelope, InvalidMessage, parse_envelope
+from .inbound import InboundMessage
+from .outcomes import (
+    CONNECTION,
+    INVALID_MESSAGE,
+    INVALID_TARGET,
+    TIMEOUT,
+    AlreadyInFlight,
+    DeliveryFailed,
+    retry_delay_s,
+)
+from .queue_control import QueueControl
+from .routing import Route, route
+from .settings import Settings
+from .stats import DEAD_LETTERED, DELIVERED, DUPLICATE, LOOP_SKIPPED, RETRIED, UNROUTED, Stats
+from .targets import Target, TargetStore, TargetsUnavailable
+
+if TYPE_CHECKING:
+    from .airflow_api import AirflowClient
+    from .ledger import Ledger
+
+log = logging.getLogger(__name__)
+
+DELIVERED_OUTCOME = "delivered"
+DUPLICATE_OUTCOME = "duplicate"
+DEAD_LETTERED_OUTCOME = "dead_lettered"
+RETRY_OUTCOME = "retry"
+
+
+class RetryLater(Exception):
+    """The record goes back to the queue; its visibility has already been pushed back."""
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What happened to one (record, target) in this try."""
+
+    target: str
+    outcome: str
+    error: str | None = None
+    detail: str = ""
+    retry_after_s: float | None = None
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        targets: TargetStore,
+        client: AirflowClient,
+        ledger: Ledger,
+        dead_letters: DeadLetterQueue,
+        queue: QueueControl,
+        stats: Stats,
+        executor: Executor,
+    ) -> None:
+        self._settings = settings
+        self._targets = targets
+        self._client = client
+        self._ledger = ledger
+        self._dead_letters = dead_letters
+        self._queue = queue
+        self._stats = stats
+        self._executor = executor
+
+    @contextmanager
+    def invocation(self, lambda_context: Any) -> Iterator[None]:
+        """Bracket one Lambda invocation: in-progress expiry follows it; metrics are flushed after it."""
+        self._ledger.register_lambda_context(lambda_context)
+        try:
+            yield
+        finally:
+            self._stats.flush()
+
+    async def forward(self, message: InboundMessage) -> list[Settlement]:
+        """Deliver one record to all its targets concurrently; raises RetryLater to keep it queued."""
+        loop = asyncio.get_running_loop()
+        try:
+            planned = await loop.run_in_executor(self._executor, self._plan, message)
+        except TargetsUnavailable as exc:
+            log.error("targets unavailable; the record will be retried", extra={"error": str(exc)})
+            await self._retry(message, [Settlement("*", RETRY_OUTCOME, CONNECTION, str(exc))])
+        if planned is None:
+            return []
+        envelope, plan = planned
+        settlements = list(
+            await asyncio.gather(
+                *(loop.run_in_executor(self._executor, self._settle, message, envelope, t) for t in plan.targets),
+                *(
+                    loop.run_in_executor(self._executor, self._reject, message, envelope, name, reason)
+                    for name, reason in plan.rejected
+                ),
+            )
+        )
+        pending = [s for s in settlements if s.outcome == RETRY_OUTCOME]
+        if pending:
+            await self._retry(message, pending)
+        return settlements
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _plan(self, message: InboundMessage) -> tuple[Envelope, Route] | None:
+        try:
+            envelope = parse_envelope(message.body)
+        except InvalidMessage as exc:
+            log.error(
+                "invalid message dead-lettered",
+                extra={"message_id": message.message_id, "reason": str(exc)},
+            )
+            self._dead_letter(message, NO_TARGET, message.body, INVALID_MESSAGE, str(exc))
+            return None
+        plan = route(envelope, self._targets.catalog())
+        context = {"event_id": envelope.id, "uri": envelope.uri, "message_id": message.message_id}
+        for name in plan.looped:
+            self._stats.count(LOOP_SKIPPED, name)
+            log.info("target already in the trail, not delivered (loop guard)", extra={**context, "target": name})
+        if plan.empty:
+            self._stats.count(UNROUTED)
+            log.info("no target matches the event", extra=context)
+            return None
+        return envelope, plan
+
+    def _settle(self, message: InboundMessage, envelope: Envelope, target: Target) -> Settlement:
+        context = {
+            "event_id": envelope.id,
+            "uri": envelope.uri,
+            "target": target.name,
+            "message_id": message.message_id,
+            "attempt": message.receive_count,
+        }
+        if message.receive_count > 1 and self._ledger.dead_lettered(message.message_id, target.name):
+            log.info("already dead-lettered by an earlier try of this record", extra=context)
+            return Settlement(target.name, DEAD_LETTERED_OUTCOME)
+        started = time.monotonic()
+
+        def post() -> dict[str, Any]:
+            posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
+            return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}
+
+        try:
+            result, replayed = self._ledger.deliver_once(envelope.id, target.name, post)
+        except DeliveryFailed as exc:
+            failure = exc
+        except AlreadyInFlight as exc:
+            failure = DeliveryFailed(TIMEOUT, f"{exc}; retried later", transient=True)
+        except Exception as exc:  # the idempotency table or a bug: never post without the ledger
+            log.exception("delivery bookkeeping failed", extra=context)
+            failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
+        else:
+            if replayed:
+                self._stats.count(DUPLICATE, target.name)
+                log.info("already delivered to this target, skipped", extra=context)
+                return Settlement(target.name, DUPLICATE_OUTCOME)
+            latency_ms = (time.monotonic() - started) * 1000
+            self._stats.count(DELIVERED, target.name)
+            self._stats.latency(target.name, latency_ms)
+            log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
+            return Settlement(target.name, DELIVERED_OUTCOME)
+        return self._after_failure(message, envelope, target.name, failure, context)
+
+    def _after_failure(
+        self,
+        message: InboundMessage,
+        envelope: Envelope,
+        target: str,
+        failure: DeliveryFailed,
+        context: dict[str, Any],
+    ) -> Settlement:
+        last_try = message.receive_count >= self._settings.max_attempts
+        details = {**context, "error": failure.error, "detail": failure.detail}
+        if failure.transient and not last_try:
+            self._stats.count(RETRIED, target)
+            log.warning("delivery failed, will retry", extra=details)
+            return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
+        try:
+            self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, failure.detail)
+        except Exception as exc:
+            log.exception("cannot write the dead letter; the record will be retried", extra=details)
+            return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
+        log.error("delivery failed, dead-lettered", extra=details)
+        return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, failure.detail)
+
+    def _reject(self, message: InboundMessage, envelope: Envelope, name: str, reason: str) -> Settlement:
+        context = {"event_id": envelope.id, "uri": envelope.uri, "target": name, "message_id": message.message_id}
+        failure = DeliveryFailed(INVALID_TARGET, reason, transient=False)
+        return self._after_failure(message, envelope, name, failure, context)
+
+    def _dead_letter(self, message: InboundMessage, target: str, body: str, error: str, detail: str) -> None:
+        letter = DeadLetter.now(body=body, target=target, error=error, detail=detail, attempts=message.receive_count)
+        _, replayed = self._ledger.dead_letter_once(
+            message.message_id, target, lambda: {"dead_letter_id": self._dead_letters.send(letter)}
+        )
+        if not replayed:
+            self._stats.count(DEAD_LETTERED, target)
+
+    async def _retry(self, message: InboundMessage, pending: list[Settlement]) -> NoReturn:
+        retry_after = max((s.retry_after_s or 0.0 for s in pending), default=0.0)
+        delay = retry_delay_s(
+            message.receive_count,
+            retry_after or None,
+            base_s=self._settings.retry_base_delay_s,
+            cap_s=self._settings.retry_max_delay_s,
+        )
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._queue.delay, message.queue_arn, message.receipt_handle, delay)
+        targets = ", ".join(s.target for s in pending)
+        raise RetryLater(f"retry in {delay}s for {targets}")

@@ -1,0 +1,129 @@
+"""Wires the forwarder from the environment, once per Lambda container, on first use.
+
+Nothing heavy happens at import: boto3, requests and Powertools utilities are imported and
+their clients built only when the first record arrives.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .forwarder import Forwarder
+    from .settings import Settings
+
+USER_AGENT = "airflow-dataset-forwarder/0.1"
+
+_lock = threading.Lock()
+_forwarder: Forwarder | None = None
+
+
+def forwarder() -> Forwarder:
+    """The container's forwarder, built on first call."""
+    global _forwarder
+    with _lock:
+        if _forwarder is None:
+            _forwarder = build()
+        return _forwarder
+
+
+def reset() -> None:
+    """Forget the built forwarder (tests change the environment between cases)."""
+    global _forwarder
+    with _lock:
+        _forwarder = None
+
+
+def http_session(pool_size: int) -> Any:
+    """A keep-alive session sized to the workers; urllib3 retries only what is safe to repeat."""
+    import requests
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(
+        total=2,
+        connect=2,  # the request never left: safe for POST too
+        read=1,
+        status=0,  # status codes are classified by us, not retried blindly
+        other=0,
+        redirect=0,
+        allowed_methods=frozenset({"GET"}),  # read errors on POST are ambiguous: our retry policy decides
+        backoff_factor=0.2,
+        raise_on_status=False,
+        raise_on_redirect=False,
+    )
+    adapter = HTTPAdapter(pool_connections=32, pool_maxsize=pool_size, max_retries=retry)
+    session = requests.Session()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
+    return session
+
+
+def build(settings: Settings | None = None) -> Forwarder:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import SSMProvider
+    from botocore.config import Config
+
+    from .airflow_api import AirflowClient
+    from .dead_letters import DeadLetterQueue
+    from .forwarder import Forwarder
+    from .ledger import Ledger
+    from .queue_control import QueueControl
+    from .secrets import SecretNotFound, SecretStore
+    from .settings import Settings
+    from .stats import INVALID_TARGET_CONFIG, Stats
+    from .targets import TargetStore
+
+    settings = settings or Settings.from_env()
+    boto_config = Config(
+        max_pool_connections=settings.max_workers,
+        connect_timeout=3,
+        read_timeout=10,
+        retries={"mode": "standard", "max_attempts": 3},
+        user_agent_extra=USER_AGENT,
+    )
+    session = boto3.session.Session()
+    sqs = session.client("sqs", config=boto_config)
+    ssm = session.client("ssm", config=boto_config)
+    dynamodb = session.client("dynamodb", config=boto_config)
+    provider = SSMProvider(boto3_client=ssm)
+    stats = Stats()
+
+    def fetch_targets() -> dict[str, str]:
+        values = provider.get_multiple(
+            settings.targets_path, decrypt=True, recursive=True, force_fetch=True, raise_on_transform_error=True
+        )
+        return {name: str(value) for name, value in values.items()}
+
+    def fetch_secret(name: str) -> str:
+        try:
+            return str(provider.get(name, decrypt=True, force_fetch=True))
+        except Exception as exc:
+            if type(exc).__name__ == "GetParameterError" and "ParameterNotFound" in str(exc):
+                raise SecretNotFound("ParameterNotFound") from None
+            if "AccessDenied" in str(exc):
+                raise SecretNotFound("AccessDenied") from None
+            raise
+
+    return Forwarder(
+        settings=settings,
+        targets=TargetStore(
+            fetch_targets,
+            ttl_s=settings.config_ttl_s,
+            allow_http=settings.allow_http_targets,
+            on_broken=lambda name, _reason: stats.count(INVALID_TARGET_CONFIG, name),
+        ),
+        client=AirflowClient(
+            http_session(settings.max_workers), SecretStore(fetch_secret, ttl_s=settings.config_ttl_s)
+        ),
+        ledger=Ledger(table=settings.idempotency_table, ttl_s=settings.idempotency_ttl_s, dynamodb=dynamodb),
+        dead_letters=DeadLetterQueue(sqs, settings.dead_letter_queue_url),
+        queue=QueueControl(sqs),
+        stats=stats,
+        executor=ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="deliver"),
+    )

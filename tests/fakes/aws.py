@@ -1,0 +1,129 @@
+"""A per-test forwarder stack on moto server: queue, DLQ with redrive, idempotency table, SSM targets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DeadLetterView:
+    body: str
+    attributes: dict[str, str]
+    message_id: str
+
+    @property
+    def envelope(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class ForwarderStack:
+    """Resources named uniquely per test, so tests never see each other's messages."""
+
+    sqs: Any
+    ssm: Any
+    dynamodb: Any
+    queue_url: str
+    dlq_url: str
+    table: str
+    targets_path: str
+    secrets_path: str
+    sent: list[str] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, session: Any, *, max_receive_count: int = 10) -> ForwarderStack:
+        suffix = uuid.uuid4().hex[:10]
+        sqs = session.client("sqs")
+        ssm = session.client("ssm")
+        dynamodb = session.client("dynamodb")
+        dlq_url = sqs.create_queue(QueueName=f"dlq-{suffix}")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})
+        queue_url = sqs.create_queue(
+            QueueName=f"events-{suffix}", Attributes={"VisibilityTimeout": "30", "RedrivePolicy": redrive}
+        )["QueueUrl"]
+        table = f"idempotency-{suffix}"
+        dynamodb.create_table(
+            TableName=table,
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        dynamodb.update_time_to_live(
+            TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
+        )
+        return cls(
+            sqs=sqs,
+            ssm=ssm,
+            dynamodb=dynamodb,
+            queue_url=queue_url,
+            dlq_url=dlq_url,
+            table=table,
+            targets_path=f"/dataset-forwarder-{suffix}/targets",
+            secrets_path=f"/dataset-forwarder-{suffix}/secrets",
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "TARGETS_PATH": self.targets_path,
+            "DEAD_LETTER_QUEUE_URL": self.dlq_url,
+            "IDEMPOTENCY_TABLE": self.table,
+        }
+
+    def put_secret(self, name: str, value: str) -> str:
+        full = f"{self.secrets_path}/{name}"
+        self.ssm.put_parameter(Name=full, Value=value, Type="SecureString", Overwrite=True)
+        return full
+
+    def put_target(self, name: str, value: dict[str, Any] | str, *, secure: bool = False) -> None:
+        body = value if isinstance(value, str) else json.dumps(value)
+        self.ssm.put_parameter(
+            Name=f"{self.targets_path}/{name}",
+            Value=body,
+            Type="SecureString" if secure else "String",
+            Overwrite=True,
+        )
+
+    def send(self, body: dict[str, Any] | str) -> str:
+        text = body if isinstance(body, str) else json.dumps(body)
+        message_id = str(self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=text)["MessageId"])
+        self.sent.append(message_id)
+        return message_id
+
+    def dead_letters(self, expected: int | None = None, timeout_s: float = 5.0) -> list[DeadLetterView]:
+        """Every dead letter (consumed: hidden for 5 min); waits for `expected` of them if given."""
+        found: list[DeadLetterView] = []
+        deadline = time.monotonic() + timeout_s
+        while True:
+            batch = self.sqs.receive_message(
+                QueueUrl=self.dlq_url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=300,
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            found += [
+                DeadLetterView(
+                    body=m["Body"],
+                    attributes={k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()},
+                    message_id=m["MessageId"],
+                )
+                for m in batch
+            ]
+            if batch:
+                continue
+            if expected is None or len(found) >= expected or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)

@@ -1,0 +1,116 @@
+"""Integration tier: moto server for SQS/SSM/DynamoDB, fake Airflow APIs on 127.0.0.1, the real handler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.fakes.airflow_api import FakeAirflow
+from tests.fakes.aws import DEFAULT_REGION, ForwarderStack, free_port
+from tests.fakes.lambda_sqs import LambdaSqsDriver
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": DEFAULT_REGION,
+        "AWS_REGION": DEFAULT_REGION,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return moto_endpoint
+
+
+@pytest.fixture
+def stack(aws_env: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwarderStack]:
+    from dataset_forwarder import runtime
+
+    created = ForwarderStack.create(boto3.session.Session())
+    settings = {
+        **created.env(),
+        "MAX_ATTEMPTS": "3",
+        "CONFIG_TTL_S": "0",
+        "ALLOW_HTTP_TARGETS": "true",
+        "RETRY_BASE_DELAY_S": "0",
+        "MAX_WORKERS": "16",
+        "POWERTOOLS_SERVICE_NAME": "dataset-forwarder",
+        "POWERTOOLS_METRICS_NAMESPACE": "DatasetForwarderTest",
+    }
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    yield created
+    runtime.reset()
+
+
+@pytest.fixture
+def lambda_driver(stack: ForwarderStack) -> LambdaSqsDriver:
+    import app
+
+    return LambdaSqsDriver(stack.sqs, stack.queue_url, app.lambda_handler)
+
+
+@pytest.fixture
+def airflow() -> Iterator[Callable[..., FakeAirflow]]:
+    """Start fake Airflow deployments; all are stopped after the test."""
+    started: list[FakeAirflow] = []
+
+    def start(version: str = "3", **kwargs: Any) -> FakeAirflow:
+        fake = FakeAirflow(version, **kwargs).start()
+        started.append(fake)
+        return fake
+
+    yield start
+    for fake in started:
+        fake.stop()
+
+
+class LogCapture(logging.Handler):
+    """Collects every formatted line the forwarder logs (Powertools JSON), for leak checks."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@pytest.fixture
+def forwarder_logs() -> Iterator[LogCapture]:
+    import app
+
+    capture = LogCapture()
+    capture.setFormatter(app.logger.registered_formatter)
+    loggers = [logging.getLogger("dataset_forwarder"), logging.getLogger(app.logger.name)]
+    previous = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(capture)
+        lg.setLevel(logging.DEBUG)
+    yield capture
+    for lg, level in zip(loggers, previous, strict=True):
+        lg.removeHandler(capture)
+        lg.setLevel(level)

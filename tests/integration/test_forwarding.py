@@ -1,0 +1,365 @@
+"""The real handler, fed by SQS on moto server, delivering to fake Airflow APIs on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from tests.fakes.airflow_api import FakeAirflow, Fault
+from tests.fakes.aws import ForwarderStack
+from tests.fakes.envelopes import envelope
+from tests.fakes.lambda_sqs import LambdaSqsDriver
+
+BEARS = "s3://bucket/bears"
+
+
+def v3_token_target(stack: ForwarderStack, fake: FakeAirflow, name: str, datasets: list[str]) -> None:
+    secret = stack.put_secret(name, fake.password if hasattr(fake, "password") else "admin-pw")
+    stack.put_target(
+        name,
+        {
+            "url": fake.url,
+            "airflow": "auto",
+            "datasets": datasets,
+            "auth": {"type": "airflow-token", "username": "admin", "secret": secret},
+            "timeout_s": 2,
+        },
+    )
+
+
+def test_fan_out_reaches_three_targets_of_mixed_airflow_versions_once_each(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    af2 = airflow("2", auth="basic", password="pw-two")
+    af3_token = airflow("3", auth="airflow-token", password="pw-three")
+    af3_bearer = airflow("3", auth="bearer", token="astro-token-1234")
+    for fake in (af2, af3_token, af3_bearer):
+        fake.add_dataset(BEARS)
+    stack.put_target(
+        "team-b",
+        {
+            "url": af2.url,
+            "airflow": "2",
+            "datasets": [BEARS],
+            "auth": {"type": "basic", "username": "admin", "secret": stack.put_secret("b", "pw-two")},
+        },
+    )
+    stack.put_target(
+        "team-c",
+        {
+            "url": af3_token.url,
+            "datasets": ["s3://bucket/*"],
+            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("c", "pw-three")},
+        },
+    )
+    stack.put_target(
+        "team-d",
+        {
+            "url": af3_bearer.url,
+            "airflow": "3",
+            "datasets": [BEARS],
+            "auth": {"type": "bearer", "secret": stack.put_secret("d", "astro-token-1234")},
+        },
+    )
+    sent = envelope(BEARS, extra={"rows": 42})
+    stack.send(sent)
+
+    invocations = lambda_driver.drain()
+
+    assert [inv.response for inv in invocations] == [{"batchItemFailures": []}]
+    for fake in (af2, af3_token, af3_bearer):
+        [event] = fake.events
+        assert event.uri == BEARS
+        assert event.extra["rows"] == 42
+        assert event.extra["dataset_forwarder"] == {
+            "id": sent["id"],
+            "source": sent["source"],
+            "trail": ["team-a-prod"],
+        }
+    assert stack.dead_letters() == []
+
+
+def test_glob_routes_only_matching_uris(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    lake = airflow("3")
+    for uri in ("s3://lake/raw/orders.parquet", "s3://lake/raw/2026/11/customers.parquet", "s3://lake/curated/x"):
+        lake.add_dataset(uri)
+    stack.put_target("lake", {"url": lake.url, "datasets": ["s3://lake/raw/*"]})
+    for uri in ("s3://lake/raw/orders.parquet", "s3://lake/raw/2026/11/customers.parquet", "s3://lake/curated/x"):
+        stack.send(envelope(uri))
+
+    lambda_driver.drain()
+
+    assert sorted(e.uri for e in lake.events) == [
+        "s3://lake/raw/2026/11/customers.parquet",
+        "s3://lake/raw/orders.parquet",
+    ]
+
+
+def test_transient_failure_retries_only_the_failed_target(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    healthy = airflow("3")
+    flaky = airflow("3")
+    for fake in (healthy, flaky):
+        fake.add_dataset(BEARS)
+        stack.put_target(f"t{fake.port}", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    flaky.inject(Fault(status=503, method="POST", path_prefix="/api/v2/assets/events"), times=2)
+    message_id = stack.send(envelope(BEARS))
+
+    invocations = lambda_driver.drain()
+
+    assert [inv.failed_ids for inv in invocations] == [{message_id}, {message_id}, set()]
+    assert len(healthy.events) == 1
+    assert healthy.count("POST", "/api/v2/assets/events") == 1
+    assert len(flaky.events) == 1
+    assert flaky.count("POST", "/api/v2/assets/events") == 3
+    assert stack.dead_letters() == []
+
+
+def test_permanent_401_dead_letters_at_once_with_reason(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3", auth="bearer", token="the-right-token")
+    fake.add_dataset(BEARS)
+    stack.put_target(
+        "team-b",
+        {
+            "url": fake.url,
+            "airflow": "3",
+            "datasets": [BEARS],
+            "auth": {"type": "bearer", "secret": stack.put_secret("team-b", "a-wrong-token")},
+        },
+    )
+    sent = envelope(BEARS)
+    stack.send(sent)
+
+    invocations = lambda_driver.drain()
+
+    assert [inv.failed_ids for inv in invocations] == [set()]
+    [letter] = stack.dead_letters(expected=1)
+    assert letter.attributes["target"] == "team-b"
+    assert letter.attributes["error"] == "auth"
+    assert letter.attributes["attempts"] == "1"
+    assert "403" in letter.attributes["detail"]
+    assert letter.attributes["failed_at"].startswith("20")
+    assert letter.envelope == {**sent, "only_targets": ["team-b"]}
+    assert fake.events == []
+
+
+def test_unknown_dataset_dead_letters_at_once(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    af2 = airflow("2")
+    af3 = airflow("3")
+    stack.put_target("old", {"url": af2.url, "datasets": [BEARS]})
+    stack.put_target("new", {"url": af3.url, "datasets": [BEARS]})
+    stack.send(envelope(BEARS))
+
+    lambda_driver.drain()
+
+    letters = {d.attributes["target"]: d.attributes for d in stack.dead_letters(expected=2)}
+    assert letters["old"]["error"] == "unknown_dataset"
+    assert letters["new"]["error"] == "unknown_dataset"
+    assert af2.count("POST", "/api/v1/datasets/events") == 1
+
+
+def test_max_attempts_exhausted_dead_letters_with_attempt_count(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("2")
+    fake.add_dataset(BEARS)
+    stack.put_target("down", {"url": fake.url, "airflow": "2", "datasets": [BEARS]})
+    fake.inject(Fault(status=502, method="POST"), times=10)
+    stack.send(envelope(BEARS))
+
+    invocations = lambda_driver.drain()
+
+    assert len(invocations) == 3  # MAX_ATTEMPTS=3 in these tests
+    [letter] = stack.dead_letters(expected=1)
+    assert letter.attributes["error"] == "http_502"
+    assert letter.attributes["attempts"] == "3"
+    assert fake.events == []
+
+
+def test_malformed_bodies_are_dead_lettered_and_good_records_still_delivered(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    bad_bodies = [
+        "not json at all",
+        "[1, 2, 3]",
+        json.dumps({**envelope(BEARS), "version": 2}),
+        json.dumps({k: v for k, v in envelope(BEARS).items() if k != "uri"}),
+        json.dumps({**envelope(BEARS), "extra": "a string"}),
+        json.dumps({**envelope(BEARS), "version": True}),
+    ]
+    for body in bad_bodies:
+        stack.send(body)
+    stack.send(envelope(BEARS))
+
+    invocations = lambda_driver.drain()
+
+    assert all(inv.failed_ids == set() for inv in invocations)
+    assert len(fake.events) == 1
+    letters = stack.dead_letters(expected=len(bad_bodies))
+    assert sorted(d.body for d in letters) == sorted(bad_bodies)
+    assert {d.attributes["error"] for d in letters} == {"invalid_message"}
+    assert {d.attributes["target"] for d in letters} == {"-"}
+
+
+def test_unrouted_event_is_acknowledged_and_counted(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, capsys: object
+) -> None:
+    stack.send(envelope("s3://nobody/listens"))
+
+    invocations = lambda_driver.drain()
+
+    assert [inv.failed_ids for inv in invocations] == [set()]
+    assert stack.dead_letters() == []
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]  # type: ignore[attr-defined]
+    assert any(doc.get("Unrouted") in (1.0, [1.0]) for doc in emf)
+
+
+def test_trail_loop_guard_skips_targets_already_passed(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    team_a = airflow("3")
+    team_c = airflow("3")
+    for fake in (team_a, team_c):
+        fake.add_dataset(BEARS)
+    stack.put_target("team-a-prod", {"url": team_a.url, "datasets": [BEARS]})
+    stack.put_target("team-c", {"url": team_c.url, "datasets": [BEARS]})
+    stack.send(envelope(BEARS, trail=["team-a-prod", "team-b"]))
+
+    lambda_driver.drain()
+
+    assert team_a.events == []
+    assert len(team_c.events) == 1
+    assert team_c.events[0].extra["dataset_forwarder"]["trail"] == ["team-a-prod", "team-b"]
+
+
+def test_only_targets_limits_delivery_and_unknown_names_dead_letter(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    chosen = airflow("3")
+    other = airflow("3")
+    for fake in (chosen, other):
+        fake.add_dataset(BEARS)
+    stack.put_target("chosen", {"url": chosen.url, "datasets": [BEARS]})
+    stack.put_target("other", {"url": other.url, "datasets": [BEARS]})
+    stack.put_target("off", {"url": other.url, "datasets": [BEARS], "enabled": False})
+    stack.send(envelope(BEARS, only_targets=["chosen", "gone", "off"]))
+
+    lambda_driver.drain()
+
+    assert len(chosen.events) == 1
+    assert other.events == []
+    letters = {d.attributes["target"]: d for d in stack.dead_letters(expected=2)}
+    assert set(letters) == {"gone", "off"}
+    assert {d.attributes["error"] for d in letters.values()} == {"invalid_target"}
+    assert "does not exist" in letters["gone"].attributes["detail"]
+    assert "disabled" in letters["off"].attributes["detail"]
+    assert letters["gone"].envelope["only_targets"] == ["gone"]
+
+
+def test_airflow3_substring_match_picks_the_exact_asset(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3")
+    decoy = fake.add_dataset("s3://b/bears-2")
+    fake.add_dataset("S3://B/BEARS")
+    exact = fake.add_dataset("s3://b/bears")
+    assert decoy < exact
+    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": ["s3://b/*"]})
+    stack.send(envelope("s3://b/bears"))
+
+    lambda_driver.drain()
+
+    [event] = fake.events
+    assert event.asset_id == exact
+
+
+def test_airflow_token_is_fetched_again_once_when_rejected(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3", auth="airflow-token", password="pw")
+    fake.add_dataset(BEARS)
+    stack.put_target(
+        "team-b",
+        {
+            "url": fake.url,
+            "datasets": [BEARS],
+            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("b", "pw")},
+        },
+    )
+    stack.send(envelope(BEARS))
+    lambda_driver.drain()
+    fake.revoke_jwts()  # the cached JWT is now refused
+    stack.send(envelope(BEARS))
+
+    lambda_driver.drain()
+
+    assert len(fake.events) == 2
+    assert fake.count("POST", "/auth/token") == 2
+    assert stack.dead_letters() == []
+
+
+def test_broken_target_parameter_is_skipped_and_the_good_one_works(
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+    forwarder_logs: object,
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("good", {"url": fake.url, "datasets": [BEARS]})
+    stack.put_target("bad-json", "{not json")
+    stack.put_target("bad-auth", {"url": fake.url, "datasets": [BEARS], "auth": {"type": "kerberos"}})
+    stack.put_target("nested/name", {"url": fake.url, "datasets": [BEARS]})
+    stack.send(envelope(BEARS))
+
+    invocations = lambda_driver.drain()
+
+    assert [inv.failed_ids for inv in invocations] == [set()]
+    assert len(fake.events) == 1
+    text = forwarder_logs.text  # type: ignore[attr-defined]
+    for name in ("bad-json", "bad-auth", "nested/name"):
+        assert f'"target":"{name}"' in text.replace(" ", "")
+
+
+def test_two_copies_in_flight_reach_the_target_once(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake.inject(Fault(delay_s=0.5, method="POST"))
+    copy = envelope(BEARS)
+    stack.send(copy)
+    stack.send(copy)
+
+    lambda_driver.drain()
+
+    assert len(fake.events) == 1
+    assert stack.dead_letters() == []
+
+
+def test_resent_event_is_not_posted_again(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("2")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    sent = envelope(BEARS)
+    stack.send(sent)
+    lambda_driver.drain()
+    stack.send(sent)
+
+    lambda_driver.drain()
+
+    assert len(fake.events) == 1
+    assert fake.count("POST", "/api/v1/datasets/events") == 1
