@@ -15,6 +15,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from dataset_forwarder.inbound import InboundMessage
 from dataset_forwarder.runtime import forwarder
+from dataset_forwarder.tracing import traced
 
 logger = Logger(service="dataset-forwarder")
 copy_config_to_registered_loggers(source_logger=logger, include={"dataset_forwarder"})
@@ -26,6 +27,7 @@ async def record_handler(record: SQSRecord) -> None:
     await forwarder().forward(InboundMessage.from_record(record))
 
 
+@traced
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     with forwarder().invocation(context):

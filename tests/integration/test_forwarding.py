@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
+
 from tests.fakes.airflow_api import FakeAirflow, Fault
 from tests.fakes.aws import ForwarderStack
 from tests.fakes.envelopes import envelope
@@ -363,3 +365,54 @@ def test_resent_event_is_not_posted_again(
 
     assert len(fake.events) == 1
     assert fake.count("POST", "/api/v1/datasets/events") == 1
+
+
+def test_retry_of_a_record_does_not_post_again_to_a_target_it_dead_lettered(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    refusing = airflow("3", auth="bearer", token="right")
+    flaky = airflow("3")
+    for fake in (refusing, flaky):
+        fake.add_dataset(BEARS)
+    stack.put_target(
+        "refusing",
+        {
+            "url": refusing.url,
+            "airflow": "3",
+            "datasets": [BEARS],
+            "auth": {"type": "bearer", "secret": stack.put_secret("r", "wrong")},
+        },
+    )
+    stack.put_target("flaky", {"url": flaky.url, "airflow": "3", "datasets": [BEARS]})
+    flaky.inject(Fault(status=503, method="POST"))
+    message_id = stack.send(envelope(BEARS))
+    first = lambda_driver.poll()
+    assert first is not None
+    assert first.failed_ids == {message_id}
+    calls_after_first_try = len(refusing.requests)
+
+    lambda_driver.drain()
+
+    assert len(refusing.requests) == calls_after_first_try
+    assert len(flaky.events) == 1
+    assert [d.attributes["target"] for d in stack.dead_letters(expected=1)] == ["refusing"]
+
+
+def test_unreachable_dead_letter_queue_keeps_the_record_for_retry(
+    stack: ForwarderStack, airflow: Callable[..., FakeAirflow], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app
+    from dataset_forwarder import runtime
+
+    fake = airflow("3")
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})  # no asset there: permanent failure
+    monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", stack.dlq_url.replace("dlq-", "missing-"))
+    runtime.reset()
+    driver = LambdaSqsDriver(stack.sqs, stack.queue_url, app.lambda_handler)
+    message_id = stack.send(envelope(BEARS))
+
+    invocation = driver.poll()
+
+    assert invocation is not None
+    assert invocation.failed_ids == {message_id}
+    assert driver.pending() == 1

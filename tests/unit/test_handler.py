@@ -39,3 +39,16 @@ def test_missing_configuration_fails_the_invocation_naming_the_variable(monkeypa
             app.lambda_handler({"Records": []}, FakeLambdaContext())
     finally:
         runtime.reset()
+
+
+def test_tracing_is_off_unless_explicitly_enabled() -> None:
+    from dataset_forwarder.tracing import traced, tracing_wanted
+
+    assert not tracing_wanted({})
+    assert not tracing_wanted({"POWERTOOLS_TRACE_DISABLED": "true"})
+    assert tracing_wanted({"POWERTOOLS_TRACE_DISABLED": "false"})
+
+    def handler(event: dict[str, object], context: object) -> None:
+        return None
+
+    assert traced(handler) is handler

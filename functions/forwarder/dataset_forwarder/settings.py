@@ -13,20 +13,7 @@ class SettingsError(ValueError):
     """An environment variable holds a value the forwarder cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -35,8 +22,15 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float, ma
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
     if not minimum <= value <= maximum:
-        raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
+        raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    value = _number(env, name, default, minimum, maximum)
+    if not value.is_integer():
+        raise SettingsError(f"{name} must be an integer, got {env[name].strip()!r}")
+    return int(value)
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -85,7 +79,7 @@ class Settings:
             max_attempts=_int(env, "MAX_ATTEMPTS", 5, 1, 100),
             config_ttl_s=_int(env, "CONFIG_TTL_S", 60, 0, 86400),
             allow_http_targets=_bool(env, "ALLOW_HTTP_TARGETS", False),
-            retry_base_delay_s=_float(env, "RETRY_BASE_DELAY_S", 10.0, 0.0, 900.0),
+            retry_base_delay_s=_number(env, "RETRY_BASE_DELAY_S", 10.0, 0.0, 900.0),
             retry_max_delay_s=_int(env, "RETRY_MAX_DELAY_S", 900, 0, 43200),
             max_workers=_int(env, "MAX_WORKERS", 64, 1, 512),
             idempotency_ttl_s=_int(env, "IDEMPOTENCY_TTL_S", 14 * 24 * 3600, 60, 365 * 24 * 3600),
