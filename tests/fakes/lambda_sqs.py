@@ -74,8 +74,11 @@ class Invocation:
 
 
 class LambdaSqsDriver:
-    def __init__(self, sqs: Any, queue_url: str, handler: Handler, *, batch_size: int = 10) -> None:
+    def __init__(
+        self, sqs: Any, queue_url: str, handler: Handler, *, batch_size: int = 10, timeout_s: float = 60.0
+    ) -> None:
         self._sqs = sqs
+        self.timeout_s = timeout_s
         self._queue_url = queue_url
         self._handler = handler
         self._batch_size = batch_size
@@ -95,7 +98,7 @@ class LambdaSqsDriver:
         if not received:
             return None
         event = {"Records": [to_lambda_record(m, self.queue_arn, self._region) for m in received]}
-        response = self._handler(event, FakeLambdaContext())
+        response = self._handler(event, FakeLambdaContext(timeout_s=self.timeout_s))
         invocation = Invocation(event, response)
         self.invocations.append(invocation)
         acked = [m for m in received if m["MessageId"] not in invocation.failed_ids]

@@ -163,3 +163,22 @@ def test_sample_events_run_through_the_handler_as_sam_local_invoke_would(
     assert len(fake.events) == 1
     letters = stack.dead_letters(expected=4)
     assert {d.attributes["error"] for d in letters} == {"invalid_message"}
+
+
+def test_delivery_that_could_outlive_the_invocation_is_not_started(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("slow-budget", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 30})
+    message_id = stack.send(envelope(BEARS))
+    lambda_driver.timeout_s = 20  # 2 calls x 30 s would not fit
+
+    first = lambda_driver.poll()
+
+    assert first is not None
+    assert first.failed_ids == {message_id}
+    assert fake.requests == []
+    lambda_driver.timeout_s = 120
+    lambda_driver.drain()
+    assert len(fake.events) == 1

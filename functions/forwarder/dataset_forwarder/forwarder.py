@@ -45,6 +45,8 @@ DELIVERED_OUTCOME = "delivered"
 DUPLICATE_OUTCOME = "duplicate"
 DEAD_LETTERED_OUTCOME = "dead_lettered"
 RETRY_OUTCOME = "retry"
+WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
+TIME_MARGIN_S = 3.0
 
 
 class RetryLater(Exception):
@@ -83,15 +85,23 @@ class Forwarder:
         self._queue = queue
         self._stats = stats
         self._executor = executor
+        self._lambda_context: Any = None
 
     @contextmanager
     def invocation(self, lambda_context: Any) -> Iterator[None]:
         """Bracket one Lambda invocation: in-progress expiry follows it; metrics are flushed after it."""
+        self._lambda_context = lambda_context
         self._ledger.register_lambda_context(lambda_context)
         try:
             yield
         finally:
             self._stats.flush()
+
+    def _seconds_left(self) -> float:
+        context = self._lambda_context
+        if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+            return float("inf")
+        return float(context.get_remaining_time_in_millis()) / 1000
 
     async def forward(self, message: InboundMessage) -> list[Settlement]:
         """Deliver one record to all its targets concurrently; raises RetryLater to keep it queued."""
@@ -152,6 +162,13 @@ class Forwarder:
         if message.receive_count > 1 and self._ledger.dead_lettered(message.message_id, target.name):
             log.info("already dead-lettered by an earlier try of this record", extra=context)
             return Settlement(target.name, DEAD_LETTERED_OUTCOME)
+        # A delivery cut off by the Lambda timeout would fail the whole batch: start none that may not finish.
+        needed_s = WORST_CASE_CALLS * target.timeout_s + TIME_MARGIN_S
+        if self._seconds_left() < needed_s:
+            failure = DeliveryFailed(
+                TIMEOUT, f"not started: less than {needed_s:g}s left in this invocation", transient=True
+            )
+            return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
         def post() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 MAX_DETAIL = 1000
+MAX_RETRY_AFTER_S = 86400.0  # a longer Retry-After is nonsense; the caller caps lower anyway
 TRANSIENT_STATUSES = frozenset({408, 429})
 
 # The dead-letter `error` values of DESIGN.md §6 that are not http_NNN.
@@ -43,15 +44,15 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    return min(MAX_RETRY_AFTER_S, max(0.0, (when - (now or datetime.now(UTC))).total_seconds()))
 
 
 def failure_for_status(status: int, headers: Mapping[str, str], detail: str) -> DeliveryFailed:
@@ -91,7 +92,7 @@ def retry_delay_s(
     rng: random.Random | None = None,
 ) -> int:
     """Visibility delay before the next try: exponential with jitter, at least Retry-After, capped."""
-    backoff = base_s * 2 ** max(0, receive_count - 1)
-    jittered = backoff / 2 + (rng or random).uniform(0, backoff / 2)
-    delay = max(jittered, retry_after_s or 0.0)
-    return int(min(cap_s, round(delay)))
+    backoff: float = base_s * 2 ** min(max(0, receive_count - 1), 30)
+    jitter: float = (rng or random).uniform(0, backoff / 2)
+    delay = min(float(cap_s), max(backoff / 2 + jitter, retry_after_s or 0.0))
+    return round(delay)

@@ -42,9 +42,9 @@ def http_session(pool_size: int) -> Any:
     from urllib3.util.retry import Retry
 
     retry = Retry(
-        total=2,
-        connect=2,  # the request never left: safe for POST too
-        read=1,
+        total=1,
+        connect=1,  # the request never left: safe for POST too
+        read=1,  # GET only (allowed_methods): a lookup cut off mid-answer is repeated once
         status=0,  # status codes are classified by us, not retried blindly
         other=0,
         redirect=0,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 DEFAULT_TARGETS_PATH = "/dataset-forwarder/targets"
@@ -13,24 +13,30 @@ class SettingsError(ValueError):
     """An environment variable holds a value the forwarder cannot use."""
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float) -> float:
+def _number(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    minimum: float,
+    maximum: float,
+    *,
+    parse: Callable[[str], float] = float,
+) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        kind = "an integer" if parse is int else "a number"
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None
     if not minimum <= value <= maximum:
         raise SettingsError(f"{name} must be between {minimum:g} and {maximum:g}, got {raw}")
     return value
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    value = _number(env, name, default, minimum, maximum)
-    if not value.is_integer():
-        raise SettingsError(f"{name} must be an integer, got {env[name].strip()!r}")
-    return int(value)
+    return int(_number(env, name, default, minimum, maximum, parse=int))
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
