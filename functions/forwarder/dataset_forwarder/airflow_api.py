@@ -307,5 +307,8 @@ class AirflowClient:
         detail = f"{method} {path} on {target.name} answered {response.status_code}: {_excerpt(response)}"
         with self._lock:
             known = [token for token, _ in self._tokens.values()]
-        known += self._secrets.known_values()
+        secrets = self._secrets.known_values()
+        known += secrets
+        if target.auth.type == "basic":  # an echoed Authorization header carries the pair in base64
+            known += [base64.b64encode(f"{target.auth.username}:{s}".encode()).decode() for s in secrets]
         return failure_for_status(response.status_code, response.headers, redact(detail, known))
