@@ -553,7 +553,7 @@ class FakeAirflow:
             "/api/v2/version": {"GET": (False, self._version_response)},
             "/api/v2/monitor/health": {"GET": (False, self._health_response)},
             "/api/v2/assets": {"GET": (True, self._v3_list_assets)},
-            "/api/v2/assets/events": {"POST": (True, self._v3_create_event)},
+            "/api/v2/assets/events": {"POST": (True, self._v3_create_event), "GET": (True, self._v3_list_events)},
         }
         route = routes.get(path)
         asset_prefix = "/api/v2/assets/"
@@ -802,7 +802,7 @@ class FakeAirflow:
             routes: dict[str, _Route] = {
                 "/api/v1/version": {"GET": (False, self._version_response)},
                 "/api/v1/datasets": {"GET": (True, self._v2_list_datasets)},
-                "/api/v1/datasets/events": {"POST": (True, self._v2_create_event)},
+                "/api/v1/datasets/events": {"POST": (True, self._v2_create_event), "GET": (True, self._v2_list_events)},
             }
             route = routes.get(path)
             if route is None and path.startswith("/api/v1/datasets/") and len(path) > len("/api/v1/datasets/"):
@@ -821,6 +821,50 @@ class FakeAirflow:
             not_found,
             _problem(405, "Method Not Allowed", "The method is not allowed for the requested URL.", "NotFound"),
         )
+
+    def _listed_events(self, request: _Request, id_key: str, default_limit: int) -> list[dict[str, Any]] | None:
+        """Recorded events as the list endpoints show them (newest first with order_by=-timestamp)."""
+        page = self._page(request.query, default_limit)
+        if page is None:
+            return None
+        limit, offset = page
+        wanted = request.query.get(id_key, [""])[-1]
+        with self._cond:
+            numbered = list(enumerate(self._events, start=1))
+            assets = dict(self._assets)
+        listed = []
+        for number, event in numbered:
+            asset = assets.get(event.uri)
+            if wanted and (asset is None or str(asset.id) != wanted):
+                continue
+            listed.append(
+                {
+                    "id": number,
+                    id_key: asset.id if asset else None,
+                    "uri": event.uri,
+                    "extra": {**event.extra, "from_rest_api": True},
+                    "source_dag_id": None,
+                    "source_task_id": None,
+                    "source_run_id": None,
+                    "source_map_index": -1,
+                    "created_dagruns": [],
+                }
+            )
+        if request.query.get("order_by", ["timestamp"])[-1].startswith("-"):
+            listed.reverse()
+        return listed[offset : offset + limit]
+
+    def _v3_list_events(self, request: _Request) -> _Response:
+        events = self._listed_events(request, "asset_id", V3_DEFAULT_LIMIT)
+        if events is None:
+            return _json(422, {"detail": [{"type": "int_parsing", "loc": ["query"], "msg": "bad paging"}]})
+        return _json(200, {"asset_events": events, "total_entries": len(events)})
+
+    def _v2_list_events(self, request: _Request) -> _Response:
+        events = self._listed_events(request, "dataset_id", V2_DEFAULT_LIMIT)
+        if events is None:
+            return _problem(400, "Bad Request", "limit and offset must be non-negative integers", "BadRequest")
+        return _json(200, {"dataset_events": events, "total_entries": len(events)})
 
     def _v2_authorize(self, request: _Request) -> _Response | None:
         # Airflow 2's FAB-backed API answers missing *and* wrong credentials with 403, not 401.

@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import requests
 
+from .envelope import LINEAGE_KEY
 from .outcomes import (
     AUTH,
     CONNECTION,
@@ -33,6 +35,7 @@ TOKEN_REFRESH_MARGIN_S = 60.0
 TOKEN_DEFAULT_LIFETIME_S = 300.0
 ASSET_PAGE_SIZE = 100
 ASSET_MAX_PAGES = 20
+RECENT_EVENTS_CHECKED = 100
 CONNECT_TIMEOUT_CAP_S = 3.05
 BODY_EXCERPT = 300
 
@@ -119,6 +122,44 @@ class AirflowClient:
         with self._lock:
             self._versions[target.url] = version
         return version
+
+    def already_received(self, target: Target, uri: str, event_id: str) -> bool:
+        """Whether the target already holds an event with this lineage id.
+
+        Asked before posting again after an ambiguous try (a timeout or a reset after the request
+        left): the earlier POST may have been accepted, and a second one would run the DAG twice.
+        """
+        if self.api_version(target) == "3":
+            with self._lock:
+                asset_id = self._asset_ids.get((target.url, uri))
+            if asset_id is None:
+                asset = self.find_asset(target, uri)
+                if asset is None:
+                    return False
+                asset_id = int(asset["id"])
+            path, params, key = "/api/v2/assets/events", {"asset_id": str(asset_id)}, "asset_events"
+        else:
+            found = self._authorized(target, "GET", "/api/v1/datasets/" + quote(uri, safe=""))
+            if found.status_code == 404:
+                return False
+            if found.status_code != 200:
+                raise self._failure(target, found, "GET", "/api/v1/datasets/{uri}")
+            path, params, key = "/api/v1/datasets/events", {"dataset_id": str(found.json()["id"])}, "dataset_events"
+        params.update({"order_by": "-timestamp", "limit": str(RECENT_EVENTS_CHECKED)})
+        response = self._authorized(target, "GET", path, params=params)
+        if response.status_code != 200:
+            raise self._failure(target, response, "GET", path)
+        try:
+            events = response.json()[key]
+        except (ValueError, KeyError, TypeError):
+            return False
+        return any(
+            isinstance(event, dict)
+            and isinstance(event.get("extra"), dict)
+            and isinstance(event["extra"].get(LINEAGE_KEY), dict)
+            and event["extra"][LINEAGE_KEY].get("id") == event_id
+            for event in events
+        )
 
     def find_asset(self, target: Target, uri: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """Airflow 3: the asset whose uri is exactly `uri` (cached by id), or None."""

@@ -171,7 +171,12 @@ class Forwarder:
             return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
+        # On a retry or a replay an earlier POST may have landed although its answer was lost.
+        verify_first = message.receive_count > 1 or envelope.only_targets is not None
+
         def post() -> dict[str, Any]:
+            if verify_first and self._client.already_received(target, envelope.uri, envelope.id):
+                return {"found_downstream": True}
             posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
             return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}
 
@@ -185,9 +190,10 @@ class Forwarder:
             log.exception("delivery bookkeeping failed", extra=context)
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
         else:
-            if replayed:
+            if replayed or result.get("found_downstream"):
                 self._stats.count(DUPLICATE, target.name)
-                log.info("already delivered to this target, skipped", extra=context)
+                why = "the target already has it" if not replayed else "already delivered to this target"
+                log.info(f"{why}, not posted again", extra=context)
                 return Settlement(target.name, DUPLICATE_OUTCOME)
             latency_ms = (time.monotonic() - started) * 1000
             self._stats.count(DELIVERED, target.name)
