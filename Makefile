@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 CACHE ?= $(HOME)/.cache/airflow-dataset-forwarder
-DEV_HASH := $(shell cat requirements-dev.txt layers/dependencies/requirements.txt | sha256sum | cut -c1-12)
+DEV_HASH := $(shell cat requirements-dev.txt layers/dependencies/requirements.txt pyproject.toml | sha256sum | cut -c1-12)
 VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
@@ -11,11 +11,12 @@ PYTEST_ARGS ?=
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt
+$(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt pyproject.toml
 	@echo "==> creating dev venv $(VENV)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 test: lint unit integration ## everything CI runs

@@ -139,12 +139,10 @@ class AirflowClient:
                 asset_id = int(asset["id"])
             path, params, key = "/api/v2/assets/events", {"asset_id": str(asset_id)}, "asset_events"
         else:
-            found = self._authorized(target, "GET", "/api/v1/datasets/" + quote(uri, safe=""))
-            if found.status_code == 404:
+            dataset = self._v1_dataset(target, uri)
+            if dataset is None:
                 return False
-            if found.status_code != 200:
-                raise self._failure(target, found, "GET", "/api/v1/datasets/{uri}")
-            path, params, key = "/api/v1/datasets/events", {"dataset_id": str(found.json()["id"])}, "dataset_events"
+            path, params, key = "/api/v1/datasets/events", {"dataset_id": str(dataset["id"])}, "dataset_events"
         params.update({"order_by": "-timestamp", "limit": str(RECENT_EVENTS_CHECKED)})
         response = self._authorized(target, "GET", path, params=params)
         if response.status_code != 200:
@@ -160,6 +158,40 @@ class AirflowClient:
             and event["extra"][LINEAGE_KEY].get("id") == event_id
             for event in events
         )
+
+    def check_access(self, target: Target) -> str:
+        """The target's API version, after one authorized read proved the credentials work."""
+        version = self.api_version(target)
+        path = "/api/v2/assets" if version == "3" else "/api/v1/datasets"
+        response = self._authorized(target, "GET", path, params={"limit": "1"})
+        if response.status_code != 200:
+            raise self._failure(target, response, "GET", path)
+        return version
+
+    def consumers(self, target: Target, uri: str) -> list[str] | None:
+        """The DAGs scheduled on `uri` downstream, or None when the target does not know the dataset."""
+        if self.api_version(target) == "3":
+            asset = self.find_asset(target, uri)
+            dags = None if asset is None else asset.get("scheduled_dags")
+        else:
+            dataset = self._v1_dataset(target, uri)
+            dags = None if dataset is None else dataset.get("consuming_dags")
+        if dags is None:
+            return None
+        return [str(dag.get("dag_id")) for dag in dags if isinstance(dag, dict)]
+
+    def _v1_dataset(self, target: Target, uri: str) -> dict[str, Any] | None:
+        path = "/api/v1/datasets/" + quote(uri, safe="")
+        response = self._authorized(target, "GET", path)
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise self._failure(target, response, "GET", "/api/v1/datasets/{uri}")
+        try:
+            dataset = response.json()
+        except ValueError:
+            return None
+        return dataset if isinstance(dataset, dict) and "id" in dataset else None
 
     def find_asset(self, target: Target, uri: str, *, fresh: bool = False) -> dict[str, Any] | None:
         """Airflow 3: the asset whose uri is exactly `uri` (cached by id), or None."""

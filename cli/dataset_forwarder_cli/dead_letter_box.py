@@ -1,0 +1,177 @@
+"""Reading and replaying the dead-letter queue with plain SQS calls (works on any SQS, moto included).
+
+Listing holds messages invisible for a moment and then releases them; a redrive sends each
+selected message to the events queue *before* deleting it from the DLQ, so a crash midway
+loses nothing (a duplicate is harmless: delivery is idempotent per event and target).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+HOLD_S = 30
+BATCH = 10
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    message_id: str
+    receipt_handle: str
+    body: str
+    attributes: dict[str, str]
+    sent_at_ms: int
+
+    @property
+    def target(self) -> str:
+        return self.attributes.get("target", "?")
+
+    @property
+    def error(self) -> str:
+        return self.attributes.get("error", "?")
+
+    @property
+    def envelope(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    @property
+    def uri(self) -> str:
+        envelope = self.envelope or {}
+        return str(envelope.get("uri", "-"))
+
+    @property
+    def event_id(self) -> str:
+        envelope = self.envelope or {}
+        return str(envelope.get("id", "-"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "target": self.target,
+            "error": self.error,
+            "detail": self.attributes.get("detail", ""),
+            "attempts": self.attributes.get("attempts", ""),
+            "failed_at": self.attributes.get("failed_at", ""),
+            "uri": self.uri,
+            "event_id": self.event_id,
+            "body": self.envelope if self.envelope is not None else self.body,
+        }
+
+    def matches(self, target: str | None, error: str | None) -> bool:
+        return (target is None or self.target == target) and (error is None or self.error == error)
+
+
+class DeadLetterBox:
+    def __init__(self, sqs: Any, dlq_url: str) -> None:
+        self._sqs = sqs
+        self._dlq_url = dlq_url
+
+    def _receive(self, hold_s: int) -> list[DeadLetterRecord]:
+        messages = self._sqs.receive_message(
+            QueueUrl=self._dlq_url,
+            MaxNumberOfMessages=BATCH,
+            VisibilityTimeout=hold_s,
+            WaitTimeSeconds=1,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["SentTimestamp"],
+        ).get("Messages", [])
+        return [
+            DeadLetterRecord(
+                message_id=m["MessageId"],
+                receipt_handle=m["ReceiptHandle"],
+                body=m["Body"],
+                attributes={k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()},
+                sent_at_ms=int(m.get("Attributes", {}).get("SentTimestamp", "0")),
+            )
+            for m in messages
+        ]
+
+    def scan(self, *, hold_s: int = HOLD_S, limit: int | None = None) -> Iterator[DeadLetterRecord]:
+        """Every message once (held invisible for `hold_s`), until the queue gives no more or `limit`."""
+        seen: set[str] = set()
+        while limit is None or len(seen) < limit:
+            batch = [r for r in self._receive(hold_s) if r.message_id not in seen]
+            if not batch:
+                return
+            for record in batch:
+                if limit is not None and len(seen) >= limit:
+                    self.release([record])
+                    continue
+                seen.add(record.message_id)
+                yield record
+
+    def release(self, records: list[DeadLetterRecord]) -> None:
+        """Make held messages visible again at once."""
+        for start in range(0, len(records), BATCH):
+            chunk = records[start : start + BATCH]
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self._dlq_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": r.receipt_handle, "VisibilityTimeout": 0}
+                    for i, r in enumerate(chunk)
+                ],
+            )
+
+    def peek(
+        self, *, target: str | None = None, error: str | None = None, limit: int | None = None
+    ) -> list[DeadLetterRecord]:
+        """The matching dead letters, oldest first; the queue is left as it was."""
+        held = list(self.scan())
+        self.release(held)
+        selected = sorted((r for r in held if r.matches(target, error)), key=lambda r: r.sent_at_ms)
+        return selected[:limit] if limit is not None else selected
+
+    def redrive(
+        self,
+        queue_url: str,
+        *,
+        target: str | None = None,
+        error: str | None = None,
+        limit: int | None = None,
+        dry_run: bool = False,
+        on_moved: Callable[[DeadLetterRecord], None] | None = None,
+        on_selected: Callable[[int], None] | None = None,
+    ) -> list[DeadLetterRecord]:
+        """Move the matching dead letters to the events queue (send, then delete); returns them."""
+        held = list(self.scan(hold_s=120))
+        selected = [r for r in held if r.matches(target, error)]
+        if limit is not None:
+            selected = sorted(selected, key=lambda r: r.sent_at_ms)[:limit]
+        chosen = {r.message_id for r in selected}
+        self.release([r for r in held if r.message_id not in chosen] + (selected if dry_run else []))
+        if on_selected is not None:
+            on_selected(len(selected))
+        if dry_run:
+            return selected
+        for record in selected:
+            self._sqs.send_message(QueueUrl=queue_url, MessageBody=record.body, **_replay_attributes(record))
+            self._sqs.delete_message(QueueUrl=self._dlq_url, ReceiptHandle=record.receipt_handle)
+            if on_moved is not None:
+                on_moved(record)
+        return selected
+
+    def purge(self) -> None:
+        self._sqs.purge_queue(QueueUrl=self._dlq_url)
+
+
+def _replay_attributes(record: DeadLetterRecord) -> dict[str, Any]:
+    envelope = record.envelope or {}
+    source = envelope.get("source") if isinstance(envelope.get("source"), dict) else {}
+    values = {
+        "uri": envelope.get("uri"),
+        "event_id": envelope.get("id"),
+        "source_deployment": (source or {}).get("deployment"),
+        "redriven_from": record.error,
+    }
+    attributes = {
+        key: {"DataType": "String", "StringValue": str(value)}
+        for key, value in values.items()
+        if isinstance(value, str | int) and str(value)
+    }
+    return {"MessageAttributes": attributes} if attributes else {}

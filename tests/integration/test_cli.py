@@ -1,0 +1,236 @@
+"""The operator CLI against moto server and fake Airflow APIs, including a real dead letter's round trip."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+from click.testing import CliRunner, Result
+
+from dataset_forwarder_cli.main import cli
+from tests.fakes.airflow_api import FakeAirflow
+from tests.fakes.aws import ForwarderStack
+from tests.fakes.envelopes import envelope
+from tests.fakes.lambda_sqs import LambdaSqsDriver
+
+BEARS = "s3://bucket/bears"
+
+
+@pytest.fixture
+def run(stack: ForwarderStack) -> Callable[..., Result]:
+    def invoke(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        base = [
+            "--targets-path",
+            stack.targets_path,
+            "--secrets-path",
+            stack.secrets_path,
+            "--queue-url",
+            stack.queue_url,
+            "--dlq-url",
+            stack.dlq_url,
+        ]
+        return CliRunner().invoke(cli, [*base, *args], input=input, env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def test_put_list_show_test_delete_round_trip_never_shows_the_secret(
+    run: Callable[..., Result], stack: ForwarderStack, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3", auth="bearer", token="tok-SECRET-4242")
+    fake.add_dataset(BEARS, scheduled_dags=("consumer", "reporting"))
+
+    put = run(
+        "targets", "put", "team-b", "--url", fake.url, "--dataset", BEARS, "--dataset", "s3://lake/*",
+        "--auth", "bearer", "--token-stdin", "--allow-http", input="tok-SECRET-4242\n",
+    )  # fmt: skip
+    assert put.exit_code == 0, put.output
+    stored = stack.ssm.get_parameter(Name=f"{stack.secrets_path}/team-b", WithDecryption=False)["Parameter"]
+    listed = run("targets", "list", "--json")
+    shown = run("targets", "show", "team-b")
+    tested = run("targets", "test", "team-b", "--send")
+    deleted = run("targets", "delete", "team-b")
+    after = run("targets", "list", "--json")
+
+    assert stored["Type"] == "SecureString"
+    [target] = json.loads(listed.output)["targets"]
+    assert target["name"] == "team-b"
+    assert target["datasets"] == [BEARS, "s3://lake/*"]
+    assert target["auth"] == {"type": "bearer", "secret": f"{stack.secrets_path}/team-b"}
+    assert shown.exit_code == 0
+    assert "secret_parameter_exists" in shown.output
+    assert tested.exit_code == 0, tested.output
+    assert "Airflow 3" in tested.output
+    assert "consumer, reporting" in tested.output
+    assert len(fake.events) == 1
+    assert deleted.exit_code == 0
+    assert json.loads(after.output)["targets"] == []
+    for result in (put, listed, shown, tested, deleted):
+        assert "tok-SECRET-4242" not in result.output
+
+
+def test_put_validates_before_writing(run: Callable[..., Result], stack: ForwarderStack) -> None:
+    bad_url = run("targets", "put", "t1", "--url", "http://plain.example", "--dataset", BEARS, "--auth", "none")
+    bad_name = run("targets", "put", "a/b", "--url", "https://x.example", "--dataset", BEARS, "--auth", "none")
+    no_token = run("targets", "put", "t2", "--url", "https://x.example", "--dataset", BEARS, "--auth", "bearer")
+    unset_env = run(
+        "targets", "put", "t3", "--url", "https://x.example", "--dataset", BEARS, "--auth", "bearer",
+        "--token-env", "SURELY_NOT_SET_VAR",
+    )  # fmt: skip
+
+    assert bad_url.exit_code == 1
+    assert "https" in bad_url.output
+    assert bad_name.exit_code == 1
+    assert "must match" in bad_name.output
+    assert no_token.exit_code == 1
+    assert "--token-stdin" in no_token.output
+    assert unset_env.exit_code == 1
+    assert "SURELY_NOT_SET_VAR" in unset_env.output
+    assert json.loads(run("targets", "list", "--json").output)["targets"] == []
+
+
+def test_targets_test_fails_clearly_on_refused_credentials_and_unknown_dataset(
+    run: Callable[..., Result], airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("2", auth="basic", password="right-pw")
+    run(
+        "targets", "put", "old", "--url", fake.url, "--dataset", BEARS, "--auth", "basic", "--username", "admin",
+        "--token-env", "PW", "--allow-http", env={"PW": "wrong-pw"},
+    )  # fmt: skip
+
+    refused = run("targets", "test", "old")
+    run(
+        "targets", "put", "old", "--url", fake.url, "--dataset", BEARS, "--auth", "basic", "--username", "admin",
+        "--token-env", "PW", "--allow-http", env={"PW": "right-pw"},
+    )  # fmt: skip
+    unknown = run("targets", "test", "old")
+
+    assert refused.exit_code == 1
+    assert "credentials refused" in refused.output
+    assert unknown.exit_code == 1
+    assert "not known downstream" in unknown.output
+    assert "wrong-pw" not in refused.output
+
+
+def test_enable_disable_and_malformed_parameter_reporting(run: Callable[..., Result], stack: ForwarderStack) -> None:
+    run("targets", "put", "t1", "--url", "https://a.example", "--dataset", BEARS, "--auth", "none")
+    stack.put_target("broken", "{not json")
+
+    disabled = run("targets", "disable", "t1")
+    listed = json.loads(run("targets", "list", "--json").output)
+    show_broken = run("targets", "show", "broken")
+    missing = run("targets", "show", "nope")
+
+    assert disabled.exit_code == 0
+    assert listed["targets"][0]["enabled"] is False
+    assert listed["broken"][0]["name"] == "broken"
+    assert show_broken.exit_code == 1
+    assert "malformed" in show_broken.output
+    assert missing.exit_code == 1
+    assert "not found" in missing.output
+    assert "Traceback" not in show_broken.output + missing.output
+    run("targets", "enable", "t1")
+    assert json.loads(run("targets", "list", "--json").output)["targets"][0]["enabled"] is True
+
+
+def test_send_test_event_puts_a_valid_envelope_on_the_queue(
+    run: Callable[..., Result],
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+
+    sent = run("send-test-event", BEARS, "--extra", '{"rows": 7}', "--deployment", "ops-laptop")
+    bad = run("send-test-event", BEARS, "--extra", "[1]")
+    lambda_driver.drain()
+
+    assert sent.exit_code == 0, sent.output
+    assert bad.exit_code == 1
+    [event] = fake.events
+    assert event.extra["rows"] == 7
+    assert event.extra["dataset_forwarder"]["trail"] == ["ops-laptop"]
+
+
+def test_dead_letter_listed_filtered_redriven_after_fix_and_delivered_once(
+    run: Callable[..., Result],
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+) -> None:
+    fake = airflow("3", auth="bearer", token="new-token-77")
+    other = airflow("3")
+    for downstream in (fake, other):
+        downstream.add_dataset(BEARS)
+    run(
+        "targets", "put", "team-b", "--url", fake.url, "--dataset", BEARS, "--auth", "bearer",
+        "--token-env", "T", "--allow-http", env={"T": "old-token-11"},
+    )  # fmt: skip
+    stack.put_target("team-c", {"url": other.url, "datasets": [BEARS]})
+    sent = envelope(BEARS)
+    stack.send(sent)
+    stack.send("not json")
+    lambda_driver.drain()
+
+    listed = json.loads(run("dlq", "list", "--json").output)
+    only_auth = json.loads(run("dlq", "list", "--error", "auth", "--json").output)
+    table = run("dlq", "list")
+    shown = run("dlq", "show", sent["id"])
+    dry = run("dlq", "redrive", "--target", "team-b", "--dry-run")
+    run(
+        "targets", "put", "team-b", "--url", fake.url, "--dataset", BEARS, "--auth", "bearer",
+        "--token-env", "T", "--allow-http", env={"T": "new-token-77"},
+    )  # fmt: skip
+    moved = run("dlq", "redrive", "--target", "team-b")
+    lambda_driver.drain()
+    left = json.loads(run("dlq", "list", "--json").output)
+
+    assert listed["counts"] == {
+        "by_target": {"team-b": 1, "-": 1},
+        "by_error": {"auth": 1, "invalid_message": 1},
+        "total": 2,
+    }
+    assert [d["target"] for d in only_auth["dead_letters"]] == ["team-b"]
+    assert "team-b" in table.output
+    assert "auth" in table.output
+    assert shown.exit_code == 0
+    assert json.loads(shown.output)["body"]["only_targets"] == ["team-b"]
+    assert "would move" in dry.output
+    assert "1 dead letter(s) moved" in moved.output
+    assert len(fake.events) == 1
+    assert len(other.events) == 1  # the replay reached only the target that failed
+    assert [d["error"] for d in left["dead_letters"]] == ["invalid_message"]
+    for result in (table, shown, dry, moved):
+        assert "old-token-11" not in result.output
+        assert "new-token-77" not in result.output
+
+
+def test_purge_needs_confirmation_and_missing_queue_is_one_line(
+    run: Callable[..., Result], stack: ForwarderStack
+) -> None:
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody="x")
+
+    refused = run("dlq", "purge")
+    purged = run("dlq", "purge", "--yes")
+    missing = CliRunner().invoke(cli, ["--dlq-url", stack.dlq_url + "-gone", "dlq", "list"])
+
+    assert refused.exit_code == 1
+    assert "--yes" in refused.output
+    assert purged.exit_code == 0
+    assert missing.exit_code == 1
+    assert "queue not found" in missing.output
+    assert "Traceback" not in missing.output
+
+
+def test_console_script_is_installed_with_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dataset_forwarder_cli.main", "--help"], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0
+    assert "targets" in out.stdout
+    assert "dlq" in out.stdout
