@@ -234,3 +234,27 @@ def test_console_script_is_installed_with_help() -> None:
     assert out.returncode == 0
     assert "targets" in out.stdout
     assert "dlq" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"AWS_REGION": None, "AWS_DEFAULT_REGION": None}, "no AWS region"),
+        ({"AWS_ENDPOINT_URL": "http://127.0.0.1:9"}, "cannot reach AWS"),
+        (
+            {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_SESSION_TOKEN": None,
+             "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
+             "AWS_EC2_METADATA_DISABLED": "true"},
+            "no AWS credentials",
+        ),
+    ],
+)  # fmt: skip
+def test_aws_setup_problems_are_one_line_errors(
+    stack: ForwarderStack, env: dict[str, str | None], expected: str
+) -> None:
+    result = CliRunner().invoke(cli, ["--targets-path", stack.targets_path, "targets", "list"], env=env)
+
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
