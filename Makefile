@@ -7,7 +7,10 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration venv demo clean-venvs
+.PHONY: test lint unit integration listener-test venv demo clean-venvs
+.DEFAULT_GOAL := test
+
+include mk/sam.mk
 
 venv: $(VENV)/.installed
 
@@ -19,7 +22,7 @@ $(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-test: lint unit integration ## everything CI runs
+test: lint unit listener-test integration template-test ## everything CI runs
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -29,6 +32,9 @@ lint: venv
 unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+listener-test: venv
+	cd listener && $(PY) -m pytest tests $(PYTEST_ARGS)
+
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
@@ -36,5 +42,5 @@ demo:
 	@echo "make demo: the local stack with two real Airflow deployments is coming (issue 6)."
 	@echo "Today, 'make test' runs the forwarder against moto server and fake Airflow APIs."
 
-clean-venvs:
+clean-venvs: clean-sam-venvs
 	rm -rf $(CACHE)/venv-dev-*

@@ -1,0 +1,119 @@
+"""The tools a platform engineer runs: `sam validate --lint`, `sam build`, and checkov on the template.
+
+They live in venvs of their own (mk/sam.mk: SAM CLI pins boto3 and click, checkov an older boto3),
+found through SAM_VENV and CHECKOV_VENV; `make template-test` sets both. Every run is offline:
+no telemetry, a fixed region, fake credentials, no profile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.template import layer_report
+from tests.template.sam_stack import ROOT, TEMPLATE
+
+SAM_VENV = os.environ.get("SAM_VENV", "")
+CHECKOV_VENV = os.environ.get("CHECKOV_VENV", "")
+
+needs_sam = pytest.mark.skipif(
+    not SAM_VENV, reason="SAM_VENV is not set: `make template-test` builds the SAM CLI venv (mk/sam.mk) and sets it"
+)
+needs_checkov = pytest.mark.skipif(
+    not CHECKOV_VENV, reason="CHECKOV_VENV is not set: `make template-test` builds the checkov venv (mk/sam.mk)"
+)
+
+
+def _offline_environment() -> dict[str, str]:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    environment.update(
+        SAM_CLI_TELEMETRY="0",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_SESSION_TOKEN="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        CKV_SKIP_PACKAGE_UPDATE_CHECK="true",
+        BC_SKIP_MAPPING="TRUE",
+    )
+    return environment
+
+
+def _run(command: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, cwd=ROOT, env=_offline_environment(), capture_output=True, text=True, check=False, timeout=timeout
+    )
+
+
+def _tool(venv: str, name: str) -> str:
+    path = Path(venv) / "bin" / name
+    assert path.exists(), f"{path} is missing: run `make sam-venv`"
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`sam build` of the shipped template (samconfig.toml's defaults apply), in a fresh directory."""
+    if shutil.which("python3.11") is None:
+        pytest.fail("sam build needs python3.11 on PATH (the function's runtime)")
+    work = tmp_path_factory.mktemp("sam")
+    build_dir = work / "build"
+    command = [_tool(SAM_VENV, "sam"), "build", "--template-file", str(TEMPLATE)]
+    result = _run([*command, "--build-dir", str(build_dir), "--cache-dir", str(work / "cache")], timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return build_dir
+
+
+@needs_sam
+def test_sam_validate_lint_reports_nothing() -> None:
+    result = _run([_tool(SAM_VENV, "sam"), "validate", "--lint", "--template-file", str(TEMPLATE)], timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_sam
+def test_sam_build_writes_the_function_and_the_layer(sam_build: Path) -> None:
+    assert (sam_build / "ForwarderFunction" / "app.py").is_file()
+    assert (sam_build / "ForwarderFunction" / "dataset_forwarder" / "settings.py").is_file()
+    assert (sam_build / layer_report.LAYER / "python" / "aws_lambda_powertools").is_dir()
+    assert (sam_build / layer_report.LAYER / "python" / "requests").is_dir()
+    built = (sam_build / "template.yaml").read_text(encoding="utf-8")
+    assert f"ContentUri: {layer_report.LAYER}" in built
+
+
+@needs_sam
+def test_built_layer_holds_bytecode_and_nothing_the_runtime_ships(sam_build: Path) -> None:
+    report = layer_report.inspect(sam_build)
+    print(report.summary())
+    assert report.problems == ()
+    assert report.compiled == report.modules > 0
+
+
+@needs_sam
+def test_built_layer_stays_far_below_lambdas_size_limit(sam_build: Path) -> None:
+    report = layer_report.inspect(sam_build)
+    assert report.unzipped_bytes < 25 * 2**20, report.summary()  # Lambda allows 250 MB for all layers
+    assert report.zipped_bytes < 8 * 2**20, report.summary()
+
+
+@needs_checkov
+def test_checkov_fails_no_check_and_every_skip_is_commented() -> None:
+    checkov = _tool(CHECKOV_VENV, "checkov")
+    command = [checkov, "-f", str(TEMPLATE), "--framework", "cloudformation", "--skip-download", "-o", "json"]
+    result = _run(command, timeout=300)
+    report: Any = json.loads(result.stdout)
+    results = report["results"]
+    failed = [f"{check['check_id']} {check['resource']}" for check in results["failed_checks"]]
+    assert failed == []
+    assert result.returncode == 0, result.stderr
+    assert results["passed_checks"]
+    for check in results["skipped_checks"]:
+        assert check["check_result"].get("suppress_comment"), check["check_id"]
