@@ -1,0 +1,146 @@
+"""Turn one upstream dataset/asset event into the v1 envelope of DESIGN.md §3.
+
+Also holds the decisions made per event before anything is sent: the include filter and the
+loop guard (an event that already passed through this deployment is not forwarded again).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+LINEAGE_KEY = "dataset_forwarder"
+"""The reserved extra key the forwarder adds downstream: {"id", "source", "trail"}."""
+
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/airflow-dataset-forwarder/envelope/v1")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+Envelope = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class UpstreamEvent:
+    """What a hook knows about one dataset/asset event, whatever the Airflow version."""
+
+    uri: str
+    name: str | None = None
+    extra: Mapping[str, Any] | None = None
+    dag_id: str | None = None
+    task_id: str | None = None
+    run_id: str | None = None
+    map_index: int | None = None
+    event_key: str | None = None
+    """What identifies the event in this deployment: the Airflow DB id where the hook sees it,
+    else a key unique to this hook call. Together with the deployment it makes the envelope id."""
+    timestamp: datetime | None = None
+
+
+def build(
+    event: UpstreamEvent,
+    *,
+    deployment: str,
+    airflow_version: str | None,
+    include: Sequence[str] = (),
+    now: datetime | None = None,
+) -> Envelope | None:
+    """The envelope for ``event``, or None when it must not be forwarded (filtered or looped)."""
+    if not included(event.uri, include):
+        log.debug("Not forwarding %s: it matches none of the include patterns %s.", event.uri, list(include))
+        return None
+    extra = _json_object(event.extra)
+    lineage = extra.pop(LINEAGE_KEY, None)
+    earlier = incoming_trail(lineage)
+    if deployment in earlier:
+        log.info("Not forwarding %s: the event already passed through %s (trail %s).", event.uri, deployment, earlier)
+        return None
+    emitted_at = utc(event.timestamp or now or datetime.now(timezone.utc))
+    emitted_iso = emitted_at.isoformat()
+    return {
+        "version": VERSION,
+        "id": event_id(deployment, event.event_key, event.uri, emitted_iso),
+        "uri": event.uri,
+        "name": event.name,
+        "extra": extra,
+        "source": {
+            "deployment": deployment,
+            "airflow_version": airflow_version,
+            "dag_id": event.dag_id,
+            "task_id": event.task_id,
+            "run_id": event.run_id,
+            "map_index": event.map_index,
+        },
+        "emitted_at": emitted_iso,
+        "trail": [*earlier, deployment],
+        "only_targets": None,
+    }
+
+
+def included(uri: str, patterns: Sequence[str]) -> bool:
+    """True when no patterns are set or ``uri`` matches one of them (fnmatch, case-sensitive)."""
+    return not patterns or any(fnmatch.fnmatchcase(uri, p) for p in patterns)
+
+
+def incoming_trail(lineage: Any) -> list[str]:
+    """The trail an event forwarded from elsewhere carries in its extra; [] for a local event."""
+    if not isinstance(lineage, Mapping):
+        return []
+    trail = lineage.get("trail")
+    if not isinstance(trail, list):
+        return []
+    return [entry for entry in trail if isinstance(entry, str) and entry]
+
+
+def event_id(deployment: str, event_key: str | None, uri: str, emitted_at: str) -> str:
+    """A 32-hex id that is the same every time the same event is described, and differs between events."""
+    name = json.dumps([deployment, event_key, uri, emitted_at])
+    return uuid.uuid5(_ID_NAMESPACE, name).hex
+
+
+def message_attributes(envelope: Envelope) -> dict[str, dict[str, str]]:
+    """The SQS message attributes of DESIGN.md §3 (all String)."""
+    values = {
+        "uri": envelope["uri"],
+        "event_id": envelope["id"],
+        "source_deployment": (envelope.get("source") or {}).get("deployment") or "-",
+    }
+    return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}
+
+
+def dumps(envelope: Envelope) -> str:
+    """The message body: compact JSON, ASCII only (SQS rejects some raw Unicode code points)."""
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is taken to be UTC already (Airflow stores UTC)."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
+
+
+def epoch_ns(iso: str | None) -> int:
+    """Nanoseconds since the epoch of an ISO 8601 timestamp; 0 when missing or unreadable."""
+    if not iso:
+        return 0
+    try:
+        moment = utc(datetime.fromisoformat(iso))
+    except ValueError:
+        return 0
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def _json_object(extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A plain JSON copy of ``extra`` (Airflow's extras may hold lazy proxies or odd scalars)."""
+    if not extra:
+        return {}
+    copied = json.loads(json.dumps(dict(extra), default=str))
+    return copied if isinstance(copied, dict) else {}

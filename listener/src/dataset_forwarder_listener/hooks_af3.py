@@ -1,0 +1,103 @@
+"""Airflow 3 listener: asset events, in whichever process registers them (normally the api-server).
+
+Airflow 3.2+ calls ``on_asset_event_emitted`` with the event's extra and source ids. Airflow
+3.0 and 3.1 only have ``on_asset_changed(asset)``: there the event's extra and source are not
+available, so the envelope carries ``extra: {}`` and a null source, and the loop guard cannot
+see an incoming trail. Exactly one of the two hooks is defined, chosen once at import, so an
+event is never forwarded twice on 3.2+ (where both fire).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from airflow.listeners import hookimpl
+
+from dataset_forwarder_listener.config import Config
+from dataset_forwarder_listener.envelope import UpstreamEvent, build
+from dataset_forwarder_listener.safety import guard
+from dataset_forwarder_listener.sender import BackgroundSender
+
+log = logging.getLogger(__name__)
+
+
+def _asset_hookspec_has(name: str) -> bool:
+    try:
+        from airflow.listeners.spec import asset as asset_spec
+    except ImportError:
+        return False
+    return hasattr(asset_spec, name)
+
+
+HAS_EVENT_HOOK = _asset_hookspec_has("on_asset_event_emitted")
+
+
+def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
+    """Read ``airflow.listeners.types.AssetEvent`` (3.2+): asset, extra, source ids.
+
+    It carries neither the event's DB id nor its timestamp, so the key is unique to this call
+    and the time is now; the envelope is spooled before any send, which keeps its id stable
+    across retries. Should a later Airflow add ``id``/``timestamp``, they are used.
+    """
+    asset = asset_event.asset
+    db_id = getattr(asset_event, "id", None)
+    return UpstreamEvent(
+        uri=asset.uri,
+        name=getattr(asset, "name", None),
+        extra=asset_event.extra,
+        dag_id=asset_event.source_dag_id,
+        task_id=asset_event.source_task_id,
+        run_id=asset_event.source_run_id,
+        map_index=asset_event.source_map_index,
+        event_key=str(db_id) if db_id is not None else uuid.uuid4().hex,
+        timestamp=getattr(asset_event, "timestamp", None),
+    )
+
+
+def event_from_asset(asset: Any) -> UpstreamEvent:
+    """Read the asset given to ``on_asset_changed`` (3.0/3.1): uri and name, nothing about the event."""
+    return UpstreamEvent(uri=asset.uri, name=getattr(asset, "name", None), event_key=uuid.uuid4().hex)
+
+
+class AssetListener:
+    def __init__(self, config: Config, airflow_version: str, sender: BackgroundSender) -> None:
+        self.config = config
+        self.airflow_version = airflow_version
+        self.sender = sender
+        self._told_about_limits = False
+
+    if HAS_EVENT_HOOK:
+
+        @hookimpl
+        def on_asset_event_emitted(self, asset_event: Any) -> None:
+            with guard("on_asset_event_emitted"):
+                self._forward(event_from_asset_event(asset_event))
+
+    else:
+
+        @hookimpl
+        def on_asset_changed(self, asset: Any) -> None:
+            with guard("on_asset_changed"):
+                self._tell_about_limits()
+                self._forward(event_from_asset(asset))
+
+    def _forward(self, event: UpstreamEvent) -> None:
+        envelope = build(
+            event,
+            deployment=self.config.deployment,
+            airflow_version=self.airflow_version,
+            include=self.config.include,
+        )
+        if envelope is not None:
+            self.sender.submit(envelope)
+
+    def _tell_about_limits(self) -> None:
+        if not self._told_about_limits:
+            self._told_about_limits = True
+            log.warning(
+                "Airflow %s has no on_asset_event_emitted hook (added in 3.2): forwarded asset events carry "
+                "no extra and no source DAG/task/run, and the loop guard cannot see incoming trails.",
+                self.airflow_version,
+            )

@@ -1,0 +1,79 @@
+"""The Airflow plugin (entry point ``airflow.plugins``): registers the listener for this Airflow, or nothing.
+
+The Airflow version and the configuration are resolved once, when Airflow loads plugins. With
+``DATASET_FORWARDER_QUEUE_URL`` unset the plugin registers no listener and says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import airflow
+from airflow.plugins_manager import AirflowPlugin
+
+from dataset_forwarder_listener import config as settings
+from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
+from dataset_forwarder_listener.spool import Spool
+
+log = logging.getLogger(__name__)
+
+AIRFLOW_VERSION: str = getattr(airflow, "__version__", "0")
+
+_listener: Any | None = None
+_resolved = False
+
+
+def airflow_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a version string such as ``3.3.2`` or ``2.11.0rc1``; (0, 0) when unreadable."""
+    found = re.match(r"(\d+)(?:\.(\d+))?", version)
+    if not found:
+        return 0, 0
+    return int(found.group(1)), int(found.group(2) or 0)
+
+
+def get_listener() -> Any | None:
+    """The process's listener: built on first call; None when the forwarder is not configured."""
+    global _listener, _resolved
+    if not _resolved:
+        _resolved = True
+        try:
+            _listener = _build_listener()
+        except Exception:
+            log.warning("Dataset forwarder: the listener could not be set up; it stays off.", exc_info=True)
+    return _listener
+
+
+def _build_listener() -> Any | None:
+    cfg = settings.load()
+    if cfg is None:
+        log.warning(
+            "Dataset forwarder is installed but %s is not set: no dataset/asset events are forwarded.",
+            settings.QUEUE_URL,
+        )
+        return None
+    sender = Sender(
+        SqsTransport(cfg.queue_url),
+        Spool(cfg.spool_dir, cfg.spool_max, stale_after_s=2 * settings.MAX_SEND_TIMEOUT_S),
+        cfg.send_timeout_s,
+    )
+    release = airflow_release(AIRFLOW_VERSION)
+    if release >= (3, 0):
+        from dataset_forwarder_listener.hooks_af3 import AssetListener
+
+        return AssetListener(cfg, AIRFLOW_VERSION, BackgroundSender(sender))
+
+    from dataset_forwarder_listener.hooks_af2 import DatasetListener
+
+    if release < (2, 9):
+        log.warning("Dataset forwarder supports Airflow 2.9+ and 3.x; this is %s, which may not work.", AIRFLOW_VERSION)
+
+    return DatasetListener(cfg, AIRFLOW_VERSION, sender)
+
+
+class DatasetForwarderPlugin(AirflowPlugin):
+    """Forwards this deployment's dataset/asset events to the dataset forwarder's SQS queue."""
+
+    name = "dataset_forwarder"
+    listeners = [listener for listener in (get_listener(),) if listener is not None]

@@ -1,0 +1,89 @@
+"""Just enough of Airflow's plugin and listener API to load the listener without Airflow.
+
+Hooks are called through a real pluggy PluginManager with Airflow's hookspec signatures, the way
+Airflow calls them, so argument names are checked too.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pluggy
+
+PROJECT = "airflow"
+LISTENER_MODULES = (
+    "dataset_forwarder_listener.plugin",
+    "dataset_forwarder_listener.hooks_af2",
+    "dataset_forwarder_listener.hooks_af3",
+)
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+
+
+class AirflowPlugin:
+    name: str | None = None
+    listeners: list = []  # noqa: RUF012 (mirrors Airflow's class attribute)
+
+
+def _asset_spec(with_event_hook: bool) -> types.ModuleType:
+    spec = types.ModuleType("airflow.listeners.spec.asset")
+
+    def on_asset_changed(asset):  # type: ignore[no-untyped-def]
+        """Execute when asset change is registered."""
+
+    def on_asset_event_emitted(asset_event):  # type: ignore[no-untyped-def]
+        """Execute when an asset event is emitted."""
+
+    spec.on_asset_changed = hookspec(on_asset_changed)  # type: ignore[attr-defined]
+    if with_event_hook:
+        spec.on_asset_event_emitted = hookspec(on_asset_event_emitted)  # type: ignore[attr-defined]
+    return spec
+
+
+def _taskinstance_spec() -> types.ModuleType:
+    spec = types.ModuleType("airflow.listeners.spec.taskinstance")
+
+    def on_task_instance_running(previous_state, task_instance, session):  # type: ignore[no-untyped-def]
+        """Execute when task state changes to RUNNING."""
+
+    def on_task_instance_success(previous_state, task_instance, session):  # type: ignore[no-untyped-def]
+        """Execute when task state changes to SUCCESS."""
+
+    spec.on_task_instance_running = hookspec(on_task_instance_running)  # type: ignore[attr-defined]
+    spec.on_task_instance_success = hookspec(on_task_instance_success)  # type: ignore[attr-defined]
+    return spec
+
+
+def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.PluginManager:  # type: ignore[no-untyped-def]
+    """Put a fake ``airflow`` of ``version`` in sys.modules; the listener manager it would use."""
+    airflow = types.ModuleType("airflow")
+    airflow.__version__ = version  # type: ignore[attr-defined]
+    airflow.__path__ = []  # type: ignore[attr-defined]
+    listeners = types.ModuleType("airflow.listeners")
+    listeners.__path__ = []  # type: ignore[attr-defined]
+    listeners.hookimpl = pluggy.HookimplMarker(PROJECT)  # type: ignore[attr-defined]
+    spec_package = types.ModuleType("airflow.listeners.spec")
+    spec_package.__path__ = []  # type: ignore[attr-defined]
+    plugins_manager = types.ModuleType("airflow.plugins_manager")
+    plugins_manager.AirflowPlugin = AirflowPlugin  # type: ignore[attr-defined]
+
+    manager = pluggy.PluginManager(PROJECT)
+    modules = {
+        "airflow": airflow,
+        "airflow.listeners": listeners,
+        "airflow.listeners.spec": spec_package,
+        "airflow.plugins_manager": plugins_manager,
+    }
+    if version.startswith("2."):
+        spec = _taskinstance_spec()
+        modules["airflow.listeners.spec.taskinstance"] = spec
+    else:
+        spec = _asset_spec(event_hook)
+        modules["airflow.listeners.spec.asset"] = spec
+    manager.add_hookspecs(spec)
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    for name in LISTENER_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    return manager

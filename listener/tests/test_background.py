@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+import time
+
+from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
+from tests.conftest import QUEUE_URL
+from tests.fakes.sqs import StubSqs, connection_error
+
+
+def background(spool, client, budget_s=2.0, **kwargs) -> BackgroundSender:
+    sender = Sender(SqsTransport(QUEUE_URL, client_factory=lambda: client), spool, budget_s)
+    return BackgroundSender(sender, **kwargs)
+
+
+def wait_for(condition, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_submit_returns_at_once_even_when_sqs_is_slow(spool, make_envelope):
+    sending = background(spool, StubSqs(delay_s=0.5))
+
+    started = time.monotonic()
+    for second in range(5):
+        sending.submit(make_envelope(second=second))
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 0.1
+    assert spool.count() == 5  # durable before the hook returns
+    sending.close(timeout_s=0)
+
+
+def test_close_drains_what_was_submitted(spool, make_envelope):
+    client = StubSqs(delay_s=0.01)
+    sending = background(spool, client)
+    envelopes = [make_envelope(second=s) for s in range(10)]
+
+    for envelope in envelopes:
+        sending.submit(envelope)
+    sending.close(timeout_s=5)
+
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+    assert spool.count() == 0
+
+
+def test_older_spooled_events_are_sent_when_the_thread_starts(spool, make_envelope):
+    left_by_an_earlier_process = make_envelope(second=1)
+    spool.write(left_by_an_earlier_process)
+    client = StubSqs()
+    sending = background(spool, client)
+
+    sending.submit(make_envelope(second=2))
+
+    assert wait_for(lambda: len(client.sent) == 2)
+    assert left_by_an_earlier_process["id"] in {json.loads(b)["id"] for b in client.bodies}
+    assert wait_for(lambda: spool.count() == 0)
+    sending.close()
+
+
+def test_events_wait_in_the_spool_during_an_outage_and_go_out_once_after(spool, make_envelope):
+    client = StubSqs(fail=connection_error(), fail_times=1)
+    sending = background(spool, client, min_backoff_s=0.2)
+    envelopes = [make_envelope(second=s) for s in range(3)]
+
+    for envelope in envelopes:
+        sending.submit(envelope)
+
+    assert wait_for(lambda: spool.count() == 0)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+    sending.close()
+
+
+def test_close_gives_up_on_a_hanging_queue_within_its_timeout(spool, make_envelope):
+    sending = background(spool, StubSqs(delay_s=10), budget_s=5)
+    sending.submit(make_envelope())
+
+    started = time.monotonic()
+    sending.close(timeout_s=0.3)
+
+    assert time.monotonic() - started < 1.0
+    assert spool.count() == 1  # still held (claimed by the stuck send, or waiting)
+
+
+def test_full_queue_leaves_events_in_the_spool_for_the_thread(spool, make_envelope):
+    client = StubSqs(delay_s=0.05)
+    sending = background(spool, client, queue_size=1)
+    envelopes = [make_envelope(second=s) for s in range(6)]
+
+    for envelope in envelopes:
+        sending.submit(envelope)
+
+    assert wait_for(lambda: spool.count() == 0)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+    sending.close()

@@ -1,0 +1,125 @@
+"""Against moto server's SQS over real HTTP: what arrives, and what happens when SQS is unreachable."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from dataset_forwarder_listener.sender import Sender, SqsTransport
+from dataset_forwarder_listener.spool import Spool
+
+pytestmark = pytest.mark.integration
+
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint():
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(monkeypatch, moto_endpoint):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    return monkeypatch
+
+
+@pytest.fixture
+def queue(aws, request):
+    sqs = boto3.client("sqs", region_name=REGION)
+    name = f"forwarder-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    yield sqs, url
+    sqs.delete_queue(QueueUrl=url)
+
+
+def receive_all(sqs, url):
+    messages = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        )
+
+
+def test_event_arrives_on_the_queue_with_its_attributes(queue, tmp_path, make_envelope, envelope_validator):
+    sqs, url = queue
+    spool = Spool(tmp_path / "spool", max_files=100)
+    envelope = make_envelope()
+
+    assert Sender(SqsTransport(url), spool, budget_s=5).send(envelope) is True
+
+    [message] = receive_all(sqs, url)
+    body = json.loads(message["Body"])
+    envelope_validator.validate(body)
+    assert body == envelope
+    attributes = {k: (v["DataType"], v["StringValue"]) for k, v in message["MessageAttributes"].items()}
+    assert attributes == {
+        "uri": ("String", "s3://bucket/bears"),
+        "event_id": ("String", envelope["id"]),
+        "source_deployment": ("String", "team-a-prod"),
+    }
+    assert spool.count() == 0
+
+
+def test_unreachable_queue_keeps_the_event_until_a_flush_delivers_it_once(queue, tmp_path, make_envelope):
+    sqs, url = queue
+    spool = Spool(tmp_path / "spool", max_files=100)
+    envelope = make_envelope()
+    budget_s = 3.0
+
+    with pytest.MonkeyPatch.context() as outage:
+        outage.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+        started = time.monotonic()
+        assert Sender(SqsTransport(url), spool, budget_s=budget_s).send(envelope) is False
+        assert time.monotonic() - started < budget_s + 0.5
+    [spooled] = spool.pending()
+    assert spool.read(spooled) == envelope
+
+    flushed = Sender(SqsTransport(url), spool, budget_s=budget_s).flush()
+
+    assert (flushed.sent, flushed.remaining, flushed.failed) == (1, 0, False)
+    [message] = receive_all(sqs, url)
+    assert json.loads(message["Body"])["id"] == envelope["id"]
+    assert spool.count() == 0
+
+
+def test_endpoint_that_never_answers_costs_no_more_than_the_budget(queue, tmp_path, make_envelope):
+    _, url = queue
+    spool = Spool(tmp_path / "spool", max_files=100)
+    with socket.socket() as silent, pytest.MonkeyPatch.context() as outage:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+        outage.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+
+        started = time.monotonic()
+        assert Sender(SqsTransport(url), spool, budget_s=1.0).send(make_envelope()) is False
+        elapsed = time.monotonic() - started
+
+    assert 0.9 < elapsed < 1.5
+    assert spool.count() == 1
