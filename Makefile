@@ -7,7 +7,7 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration listener-test venv demo clean-venvs
+.PHONY: test lint unit integration listener-test e2e venv demo clean-venvs
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-test: lint unit listener-test integration template-test ## everything CI runs
+test: lint unit listener-test integration template-test e2e ## everything CI runs
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -37,6 +37,9 @@ listener-test: venv
 
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 demo:
 	@echo "make demo: the local stack with two real Airflow deployments is coming (issue 6)."

@@ -1,0 +1,90 @@
+"""E2E tier: cached venvs with real Airflow 2 and 3, and a factory for throwaway deployments stopped after each test."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
+
+AIRFLOW3_VERSION = "3.3.2"
+AIRFLOW2_VERSION = "2.11.2"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTENER_DIR = REPO_ROOT / "listener"
+E2E_DIR = Path(__file__).resolve().parent
+E2E_TIMEOUT_S = 900
+
+
+def listener_extras() -> tuple[str, ...]:
+    """The listener (non-editable, so the venv is keyed by its content) once it is an installable project."""
+    installable = (LISTENER_DIR / "pyproject.toml").is_file() or (LISTENER_DIR / "setup.py").is_file()
+    return (str(LISTENER_DIR),) if installable else ()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_timeout = config.pluginmanager.hasplugin("timeout")
+    for item in items:
+        if item.path.is_relative_to(E2E_DIR):
+            item.add_marker(pytest.mark.e2e)
+            # pytest-timeout counts fixture setup: the first test of a version may build its venv (1-2 min here)
+            if has_timeout and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(E2E_TIMEOUT_S))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+def _venv(version: str) -> Path:
+    started = time.monotonic()
+    venv = ensure_airflow_venv(version, listener_extras())
+    print(f"\n[e2e] venv for Airflow {version}: {time.monotonic() - started:.1f} s ({venv.name})", file=sys.stderr)
+    return venv
+
+
+@pytest.fixture(scope="session")
+def airflow3_venv() -> Path:
+    return _venv(AIRFLOW3_VERSION)
+
+
+@pytest.fixture(scope="session")
+def airflow2_venv() -> Path:
+    return _venv(AIRFLOW2_VERSION)
+
+
+@pytest.fixture
+def deployment_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DeploymentFactory]:
+    """`deployment_factory(venv, name=..., dags=..., env=..., users=...)`: homes in tmp_path, all stopped afterwards.
+
+    When the test failed, the tail of every deployment's logs is printed.
+    """
+    created: list[AirflowDeployment] = []
+
+    def create(
+        venv: Path,
+        name: str = "airflow",
+        dags: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        users: Sequence[User] = (User("admin", "admin"),),
+    ) -> AirflowDeployment:
+        deployment = AirflowDeployment(venv, tmp_path / name, name=name, dags=dags, env=env, users=users)
+        created.append(deployment)
+        return deployment
+
+    yield create
+    failed = request.node.stash.get(_CALL_FAILED, False)
+    for deployment in created:
+        if failed:
+            print(f"\n{deployment.logs()}", file=sys.stderr)
+        deployment.stop()
