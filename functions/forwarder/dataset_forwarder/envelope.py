@@ -9,6 +9,8 @@ from typing import Any
 VERSION = 1
 MAX_ID_LENGTH = 256
 LINEAGE_KEY = "dataset_forwarder"
+# SQS counts body and attributes against 256 KiB; a dead letter's attributes take at most ~1.2 KiB.
+MAX_DEAD_LETTER_BODY_BYTES = 256 * 1024 - 2048
 
 
 class InvalidMessage(ValueError):
@@ -34,8 +36,26 @@ class Envelope:
         return {**self.extra, LINEAGE_KEY: lineage}
 
     def dead_letter_body(self, target: str) -> str:
-        """The body of a dead letter: this envelope, unknown fields kept, aimed at one target."""
-        return json.dumps({**self.raw, "only_targets": [target]}, ensure_ascii=False, separators=(",", ":"))
+        """The body of a dead letter: this envelope, unknown fields kept, aimed at one target.
+
+        An envelope so close to SQS's size limit that `only_targets` would not fit is kept as it
+        came: its replay then goes to every target again, and the ledger stops it at those that
+        already have it.
+        """
+        body = dumps({**self.raw, "only_targets": [target]})
+        if len(body.encode("utf-8")) > MAX_DEAD_LETTER_BODY_BYTES:
+            return dumps(self.raw)
+        return body
+
+
+def dumps(data: Any) -> str:
+    """Compact JSON; non-ASCII kept as is unless it cannot be UTF-8 encoded (lone surrogates)."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(data, separators=(",", ":"))
+    return text
 
 
 def _optional_str(data: dict[str, Any], key: str) -> str | None:
