@@ -7,7 +7,7 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration listener-test e2e venv demo clean-venvs
+.PHONY: test lint unit integration listener-test e2e chaos venv demo clean-venvs
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -37,6 +37,9 @@ listener-test: venv
 
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+chaos: venv ## the full chaos run (5,000 events); make test runs a 1,500-event one
+	CHAOS_EVENTS=5000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

@@ -44,7 +44,7 @@ class ForwarderStack:
     sent: list[str] = field(default_factory=list)
 
     @classmethod
-    def create(cls, session: Any, *, max_receive_count: int = 10) -> ForwarderStack:
+    def create(cls, session: Any, *, max_receive_count: int = 10, visibility_timeout_s: int = 30) -> ForwarderStack:
         suffix = uuid.uuid4().hex[:10]
         sqs = session.client("sqs")
         ssm = session.client("ssm")
@@ -53,7 +53,8 @@ class ForwarderStack:
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)})
         queue_url = sqs.create_queue(
-            QueueName=f"events-{suffix}", Attributes={"VisibilityTimeout": "30", "RedrivePolicy": redrive}
+            QueueName=f"events-{suffix}",
+            Attributes={"VisibilityTimeout": str(visibility_timeout_s), "RedrivePolicy": redrive},
         )["QueueUrl"]
         table = f"idempotency-{suffix}"
         dynamodb.create_table(
@@ -96,6 +97,12 @@ class ForwarderStack:
             Type="SecureString" if secure else "String",
             Overwrite=True,
         )
+
+    def send_many(self, bodies: list[str]) -> None:
+        for start in range(0, len(bodies), 10):
+            entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])]
+            response = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            assert not response.get("Failed"), response["Failed"]
 
     def send(self, body: dict[str, Any] | str) -> str:
         text = body if isinstance(body, str) else json.dumps(body)

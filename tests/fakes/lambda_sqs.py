@@ -98,7 +98,11 @@ class LambdaSqsDriver:
         if not received:
             return None
         event = {"Records": [to_lambda_record(m, self.queue_arn, self._region) for m in received]}
-        response = self._handler(event, FakeLambdaContext(timeout_s=self.timeout_s))
+        try:
+            response = self._handler(event, FakeLambdaContext(timeout_s=self.timeout_s))
+        except Exception:  # a failed invocation: Lambda deletes nothing, SQS redelivers after the timeout
+            every = [{"itemIdentifier": m["MessageId"]} for m in received]
+            response = {"batchItemFailures": every, "errored": True}
         invocation = Invocation(event, response)
         self.invocations.append(invocation)
         acked = [m for m in received if m["MessageId"] not in invocation.failed_ids]
