@@ -56,7 +56,7 @@ def test_minimal_envelope_gets_empty_defaults() -> None:
     assert envelope.uri == BEARS
     assert envelope.name is None
     assert envelope.extra == {}
-    assert envelope.source == {}
+    assert envelope.source is None
     assert envelope.trail == ()
     assert envelope.only_targets is None
 
@@ -94,8 +94,8 @@ def test_null_extra_becomes_empty_dict() -> None:
     assert parse(full_envelope(extra=None)).extra == {}
 
 
-def test_null_source_becomes_empty_dict() -> None:
-    assert parse(full_envelope(source=None)).source == {}
+def test_null_source_stays_null_for_the_lineage() -> None:
+    assert parse(full_envelope(source=None)).source is None
 
 
 def test_null_trail_becomes_empty_tuple() -> None:
@@ -232,10 +232,10 @@ def test_downstream_extra_overrides_upstream_lineage_key() -> None:
     assert lineage == {"id": envelope.id, "source": envelope.source, "trail": ["team-a-prod"]}
 
 
-def test_downstream_extra_of_minimal_envelope_has_empty_source_and_trail() -> None:
+def test_downstream_extra_of_minimal_envelope_has_null_source_and_empty_trail() -> None:
     envelope = parse({"version": 1, "id": "e1", "uri": BEARS})
 
-    assert envelope.downstream_extra() == {LINEAGE_KEY: {"id": "e1", "source": {}, "trail": []}}
+    assert envelope.downstream_extra() == {LINEAGE_KEY: {"id": "e1", "source": None, "trail": []}}
 
 
 def test_downstream_extra_does_not_mutate_the_envelope_extra() -> None:

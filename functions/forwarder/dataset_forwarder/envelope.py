@@ -25,7 +25,7 @@ class Envelope:
     uri: str
     name: str | None
     extra: dict[str, Any]
-    source: dict[str, Any]
+    source: dict[str, Any] | None
     trail: tuple[str, ...]
     only_targets: tuple[str, ...] | None
     raw: dict[str, Any]
@@ -99,9 +99,7 @@ def parse_envelope(body: str) -> Envelope:
     elif not isinstance(extra, dict):
         raise InvalidMessage(f"'extra' must be an object, got {type(extra).__name__}")
     source = data.get("source")
-    if source is None:
-        source = {}
-    elif not isinstance(source, dict):
+    if source is not None and not isinstance(source, dict):
         raise InvalidMessage(f"'source' must be an object, got {type(source).__name__}")
     return Envelope(
         id=event_id,
