@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import boto3
 import pytest
 from click.testing import CliRunner, Result
 
@@ -258,3 +259,41 @@ def test_aws_setup_problems_are_one_line_errors(
     assert expected in result.output
     assert "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_queue_urls_are_discovered_from_the_stack_outputs(stack: ForwarderStack) -> None:
+    cloudformation = boto3.client("cloudformation")
+    name = "dataset-forwarder-" + stack.table.rsplit("-", 1)[-1]
+    template = {
+        "Resources": {"Placeholder": {"Type": "AWS::SQS::Queue"}},
+        "Outputs": {
+            "EventsQueueUrl": {"Value": stack.queue_url},
+            "DeadLetterQueueUrl": {"Value": stack.dlq_url},
+        },
+    }
+    cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(template))
+    stack.sqs.send_message(QueueUrl=stack.dlq_url, MessageBody="left behind")
+
+    listed = CliRunner().invoke(
+        cli, ["--stack-name", name, "dlq", "list", "--json"], env={"DEAD_LETTER_QUEUE_URL": None}
+    )
+    sent = CliRunner().invoke(
+        cli, ["--stack-name", name, "send-test-event", BEARS], env={"DATASET_FORWARDER_QUEUE_URL": None}
+    )
+    missing = CliRunner().invoke(
+        cli, ["--stack-name", "no-such-stack", "dlq", "list"], env={"DEAD_LETTER_QUEUE_URL": None}
+    )
+
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)["counts"]["total"] == 1
+    assert sent.exit_code == 0, sent.output
+    assert (
+        int(
+            stack.sqs.get_queue_attributes(QueueUrl=stack.queue_url, AttributeNames=["ApproximateNumberOfMessages"])[
+                "Attributes"
+            ]["ApproximateNumberOfMessages"]
+        )
+        == 1
+    )
+    assert missing.exit_code == 1
+    assert "Traceback" not in missing.output
