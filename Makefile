@@ -38,7 +38,7 @@ listener-test: venv
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-chaos: venv ## the full chaos run (5,000 events); make test runs a 1,500-event one
+chaos: venv ## the full chaos run (5,000 events); make test runs a 1,000-event one
 	CHAOS_EVENTS=5000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))

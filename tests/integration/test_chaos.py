@@ -24,7 +24,7 @@ from tests.fakes.envelopes import envelope
 from tests.fakes.lambda_sqs import LambdaSqsDriver
 
 SEED = 20261125
-EVENTS = int(os.environ.get("CHAOS_EVENTS", "1500"))  # `make chaos` runs 5,000
+EVENTS = int(os.environ.get("CHAOS_EVENTS", "1000"))  # `make chaos` runs 5,000
 DATASETS = [f"s3://chaos/ds-{i:02d}" for i in range(24)]
 
 
