@@ -7,7 +7,7 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration listener-test e2e chaos venv demo clean-venvs
+.PHONY: test lint unit integration listener-test e2e chaos venv demo demo-down clean-venvs
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -44,9 +44,11 @@ chaos: venv ## the full chaos run (5,000 events); make test runs a 1,000-event o
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-demo:
-	@echo "make demo: the local stack with two real Airflow deployments is coming (issue 6)."
-	@echo "Today, 'make test' runs the forwarder against moto server and fake Airflow APIs."
+demo: venv ## upstream Airflow 3 -> local stack (moto, template.yaml, real handler) -> downstream Airflow 3, with a DLQ redrive
+	$(PY) demo/run_demo.py
+
+demo-down: venv ## stop what an interrupted `make demo` left running
+	$(PY) demo/run_demo.py --down
 
 clean-venvs: clean-sam-venvs
 	rm -rf $(CACHE)/venv-dev-*

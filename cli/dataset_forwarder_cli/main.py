@@ -14,6 +14,7 @@ from dataset_forwarder.envelope import parse_envelope
 from .context import DEFAULT_SECRETS_PATH, DEFAULT_TARGETS_PATH, AppContext
 from .dlq_cmd import dlq
 from .errors import CliError, friendly
+from .local.commands import local
 from .targets_cmd import targets
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -57,6 +58,7 @@ def cli(
 
 cli.add_command(targets)
 cli.add_command(dlq)
+cli.add_command(local)
 
 
 @cli.command("send-test-event")

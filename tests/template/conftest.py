@@ -1,5 +1,8 @@
 """Template tier: template.yaml read, SAM-transformed and deployed into moto's CloudFormation.
 
+The transform and the deployment are the product's own (`dataset_forwarder_cli.local.sam`, which the local
+stack uses too), so these tests check what `dataset-forwarder local up` and `sam deploy` create.
+
 The stacks are created once per session (moto server on 127.0.0.1); tests only read them back.
 """
 
@@ -8,12 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dataset_forwarder_cli.local import sam as sam_stack
 from tests.fakes.aws import DEFAULT_REGION, free_port
-from tests.template import sam_stack
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
 
 # Every option switched away from its default, so a value that does not reach the resource shows.
 FULL_PARAMETERS = {
@@ -35,7 +42,7 @@ FULL_PARAMETERS = {
 
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
-    return sam_stack.load_template()
+    return sam_stack.load_template(TEMPLATE)
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +117,11 @@ class DeployedStack:
 @pytest.fixture(scope="session")
 def default_stack(aws_session: Any, transformed: dict[str, Any]) -> DeployedStack:
     """The stack as `sam deploy --guided` makes it when every default is accepted."""
-    return DeployedStack(aws_session, sam_stack.deploy(aws_session, "forwarder-defaults"), {})
+    return DeployedStack(aws_session, sam_stack.deploy(aws_session, "forwarder-defaults", template_path=TEMPLATE), {})
 
 
 @pytest.fixture(scope="session")
 def full_stack(aws_session: Any, transformed: dict[str, Any]) -> DeployedStack:
     """Every parameter changed: upstream role, alarm e-mail, custom paths and limits."""
-    description = sam_stack.deploy(aws_session, "forwarder-full", FULL_PARAMETERS)
+    description = sam_stack.deploy(aws_session, "forwarder-full", FULL_PARAMETERS, template_path=TEMPLATE)
     return DeployedStack(aws_session, description, dict(FULL_PARAMETERS))

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.template import layer_report
-from tests.template.sam_stack import ROOT, TEMPLATE
+from tests.template.conftest import ROOT, TEMPLATE
 
 SAM_VENV = os.environ.get("SAM_VENV", "")
 CHECKOV_VENV = os.environ.get("CHECKOV_VENV", "")

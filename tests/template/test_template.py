@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.template.sam_stack import ROOT, TEMPLATE
+from tests.template.conftest import ROOT, TEMPLATE
 
 PARAMETER_ARN = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
 SSM_READ_ACTIONS = {"ssm:GetParameter", "ssm:GetParametersByPath"}

@@ -1,0 +1,406 @@
+"""The whole path on one machine: real Airflow deployments on both sides, the local stack in between.
+
+Shared by the end-to-end tests (`test_end_to_end.py`) and `make demo` (`demo/run_demo.py`):
+
+- `LocalStackProcess` runs `dataset-forwarder local up` (moto server, the stack from template.yaml, the product's
+  event-source poller feeding the real handler) with a state directory of its own, gives the environment an
+  upstream listener and the CLI need, runs CLI commands, and reads the stack's JSON log (poller and handler lines);
+- DAG sources for producers (a task outlet with a runtime extra) and consumers (scheduled on datasets/assets), for
+  Airflow 2 and 3;
+- helpers that read what happened from both sides' REST APIs: the producer task's end, the consumer runs, the
+  events that triggered them, and a timeline of one event (task success -> queue -> delivery -> DAG run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tests.e2e.airflow_env import AirflowDeployment, AirflowError, poll
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTENER_DIR = REPO_ROOT / "listener"
+CLI = [sys.executable, "-m", "dataset_forwarder_cli.main"]
+LINEAGE = "dataset_forwarder"
+# Variables of a developer's shell that would point the CLI, the listener or the handler somewhere else.
+_AWS_NOISE = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_CONFIG_FILE")
+
+
+def listener_extras() -> tuple[str, ...]:
+    """What the Airflow venvs get besides Airflow: the listener, as a package (the same key as tests/e2e uses)."""
+    return (str(LISTENER_DIR),)
+
+
+def parse_time(value: str | None) -> float | None:
+    """Epoch seconds of an ISO 8601 time as Airflow's API or Powertools' logs write it; None stays None."""
+    if not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    if "," in text:  # Powertools: "2026-11-25 12:47:09,583+0000"
+        return datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+# --------------------------------------------------------------------------------------------------- local stack
+
+
+class LocalStackProcess:
+    """`dataset-forwarder local up` in the background, with its own state directory; `down()` stops it."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        parameters: Mapping[str, str] | None = None,
+        handler_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.parameters = dict(parameters or {})
+        self.handler_env = dict(handler_env or {})
+        self.state: dict[str, Any] = {}
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in _AWS_NOISE}
+
+    def up(self, timeout_s: float = 240) -> LocalStackProcess:
+        args = ["local", "up", "--json", "--state-dir", str(self.state_dir), "--timeout", str(timeout_s)]
+        for key, value in self.parameters.items():
+            args += ["--parameter", f"{key}={value}"]
+        for key, value in self.handler_env.items():
+            args += ["--handler-env", f"{key}={value}"]
+        done = self._run(args, env=self.base_env, timeout_s=timeout_s + 30)
+        if done.returncode != 0:
+            raise RuntimeError(f"local up failed ({done.returncode}):\n{done.stderr}\n{done.stdout}\n{self.log_tail()}")
+        self.state = json.loads(done.stdout)
+        return self
+
+    def down(self) -> str:
+        done = self._run(["local", "down", "--state-dir", str(self.state_dir)], env=self.base_env, timeout_s=120)
+        return (done.stdout + done.stderr).strip()
+
+    @property
+    def pid(self) -> int:
+        return int(self.state["pid"])
+
+    @property
+    def stack(self) -> dict[str, Any]:
+        stack: dict[str, Any] = self.state["stack"]
+        return stack
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "local.log"
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment `dataset-forwarder targets|dlq|send-test-event` need for this stack."""
+        done = self._run(["local", "env", "--json", "--state-dir", str(self.state_dir)], env=self.base_env)
+        if done.returncode != 0:
+            raise RuntimeError(f"local env failed: {done.stderr}")
+        variables: dict[str, str] = json.loads(done.stdout)
+        return {**self.base_env, **variables}
+
+    def upstream_env(self, deployment: str, spool_dir: Path) -> dict[str, str]:
+        """What an upstream Airflow's listener gets: queue URL, endpoint and fake credentials, its own name."""
+        done = self._run(
+            ["local", "env", "--for", "upstream", "--json", "--state-dir", str(self.state_dir)], env=self.base_env
+        )
+        variables: dict[str, str] = json.loads(done.stdout)
+        return {**variables, "DATASET_FORWARDER_DEPLOYMENT": deployment, "DATASET_FORWARDER_SPOOL_DIR": str(spool_dir)}
+
+    def cli(
+        self, *args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout_s: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """`dataset-forwarder ARGS` against this stack."""
+        done = self._run(list(args), env={**self.cli_env(), **(env or {})}, timeout_s=timeout_s)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"dataset-forwarder {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done
+
+    def dead_letters(self, **filters: str) -> list[dict[str, Any]]:
+        args = ["dlq", "list", "--json"]
+        for key, value in filters.items():
+            args += [f"--{key}", value]
+        letters: list[dict[str, Any]] = json.loads(self.cli(*args).stdout)["dead_letters"]
+        return letters
+
+    @staticmethod
+    def _run(args: list[str], env: Mapping[str, str], timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args], env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+
+    # -- the stack's log: the poller's and the handler's JSON lines
+
+    def log_records(self) -> list[dict[str, Any]]:
+        records = []
+        try:
+            lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    continue
+        return records
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no local stack log)"
+        return "----- local stack log -----\n" + "\n".join(text.splitlines()[-lines:])
+
+    def event_trace(self, event_id: str) -> EventTrace:
+        """What the poller and the handler logged about one event."""
+        records = self.log_records()
+        received = [
+            (record, entry)
+            for record in records
+            if record.get("invocation")
+            for entry in record.get("records", [])
+            if entry.get("event_id") == event_id
+        ]
+        handler_lines = [
+            r for r in records if r.get("event_id") == event_id and r.get("service") != "local-event-source"
+        ]
+        return EventTrace(event_id, received, handler_lines)
+
+
+@dataclass
+class EventTrace:
+    event_id: str
+    received: list[tuple[dict[str, Any], dict[str, Any]]]  # (invocation log line, its record entry)
+    handler_lines: list[dict[str, Any]]
+
+    @property
+    def sent_at(self) -> float | None:
+        """SQS SentTimestamp: when the upstream listener's SendMessage was accepted."""
+        stamps = [entry["sent_at_ms"] / 1000 for _, entry in self.received if entry.get("sent_at_ms")]
+        return min(stamps) if stamps else None
+
+    @property
+    def first_invoked_at(self) -> float | None:
+        stamps = [float(line["started_at"]) for line, _ in self.received if line.get("started_at")]
+        return min(stamps) if stamps else None
+
+    def lines(self, message: str, target: str | None = None) -> list[dict[str, Any]]:
+        return [
+            line
+            for line in self.handler_lines
+            if line.get("message") == message and (target is None or line.get("target") == target)
+        ]
+
+    def delivered_at(self, target: str) -> float | None:
+        found = self.lines("delivered", target)
+        return parse_time(found[0]["timestamp"]) if found else None
+
+
+# --------------------------------------------------------------------------------------------------- DAG sources
+
+
+def producer_dag(major: int, dag_id: str, uris: Sequence[str], extra: Mapping[str, Any] | None = None) -> str:
+    """A DAG with one task `produce` whose outlets are `uris`; each event's extra is `extra` plus the run id."""
+    static = dict(extra or {"rows": 42})
+    if major >= 3:
+        header = "from airflow.sdk import DAG, Asset as Dataset, task"
+    else:
+        header = "from airflow import DAG\nfrom airflow.datasets import Dataset\nfrom airflow.decorators import task"
+    return f"""
+from datetime import datetime, timezone
+
+{header}
+
+OUTLETS = [Dataset(uri) for uri in {list(uris)!r}]
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
+    @task(outlets=OUTLETS)
+    def produce(**context):
+        for outlet in OUTLETS:
+            context["outlet_events"][outlet].extra = {{**{static!r}, "producer_run_id": context["run_id"]}}
+
+    produce()
+"""
+
+
+def consumer_dag(major: int, dag_id: str, uris: Sequence[str]) -> str:
+    """A DAG scheduled on every one of `uris` (all of them must have an event)."""
+    if major >= 3:
+        header = "from airflow.sdk import DAG, Asset as Dataset, task"
+    else:
+        header = "from airflow import DAG\nfrom airflow.datasets import Dataset\nfrom airflow.decorators import task"
+    return f"""
+from datetime import datetime, timezone
+
+{header}
+
+with DAG(
+    {dag_id!r},
+    schedule=[Dataset(uri) for uri in {list(uris)!r}],
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+):
+    @task
+    def consume():
+        return 1
+
+    consume()
+"""
+
+
+# --------------------------------------------------------------------------------------------------- what happened
+
+
+def task_end(deployment: AirflowDeployment, dag_id: str, run_id: str, task_id: str = "produce") -> float:
+    """When a task instance of a running deployment ended (epoch seconds)."""
+    path = f"{deployment.api_prefix}/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
+    body = deployment.api_json("GET", path)
+    end = parse_time(body.get("end_date"))
+    if end is None:
+        raise AirflowError(f"[{deployment.name}] {dag_id}.{task_id} in {run_id} has no end_date: {body}")
+    return end
+
+
+def task_end_from_db(deployment: AirflowDeployment, dag_id: str, task_id: str = "produce") -> tuple[str, float]:
+    """(run id, end) of the latest successful try of the task, read from the deployment's SQLite database.
+
+    For producers run with `airflow dags test`, when no api-server runs.
+    """
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{deployment.home / 'airflow.db'}?mode=ro", uri=True)) as db:
+        row = db.execute(
+            "SELECT run_id, end_date FROM task_instance WHERE dag_id = ? AND task_id = ? AND state = 'success' "
+            "ORDER BY end_date DESC LIMIT 1",
+            (dag_id, task_id),
+        ).fetchone()
+    if row is None:
+        raise AirflowError(f"[{deployment.name}] no successful {dag_id}.{task_id} in the database")
+    end = parse_time(str(row[1]).replace(" ", "T"))
+    assert end is not None
+    return str(row[0]), end
+
+
+@dataclass
+class ForwardedRun:
+    """A downstream DAG run created by forwarded events, with the events that triggered it."""
+
+    run: dict[str, Any]
+    events: list[dict[str, Any]]
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["dag_run_id"])
+
+    @property
+    def created_at(self) -> float:
+        """When the scheduler created the run (`queued_at`; on 2.x read from its database, see `forwarded_runs`)."""
+        created = parse_time(self.run.get("queued_at")) or parse_time(self.run.get("start_date"))
+        assert created is not None, self.run
+        return created
+
+    def lineage(self, uri: str | None = None) -> dict[str, Any]:
+        for event in self.events:
+            if uri is None or _event_uri(event) == uri:
+                lineage: dict[str, Any] = (event.get("extra") or {}).get(LINEAGE, {})
+                return lineage
+        return {}
+
+    def extra(self, uri: str | None = None) -> dict[str, Any]:
+        for event in self.events:
+            if uri is None or _event_uri(event) == uri:
+                extra: dict[str, Any] = event.get("extra") or {}
+                return extra
+        return {}
+
+
+def _queued_at_from_db(deployment: AirflowDeployment, dag_id: str, run_id: str) -> str | None:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{deployment.home / 'airflow.db'}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT queued_at FROM dag_run WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+def _event_uri(event: Mapping[str, Any]) -> str:
+    return str(event.get("uri") or event.get("dataset_uri") or "")
+
+
+def forwarded_runs(
+    deployment: AirflowDeployment, dag_id: str, where: Callable[[ForwardedRun], bool] | None = None
+) -> list[ForwardedRun]:
+    """Runs of `dag_id` with their triggering events, oldest first; `where` filters them."""
+    found = []
+    for listed in sorted(deployment.dag_runs(dag_id), key=lambda r: r.get("queued_at") or r.get("logical_date") or ""):
+        run = dict(listed)
+        if "queued_at" not in run:  # Airflow 2's API leaves it out; its logical date is the event's time
+            run["queued_at"] = _queued_at_from_db(deployment, dag_id, str(run["dag_run_id"]))
+        forwarded = ForwardedRun(run, deployment.upstream_events(dag_id, str(run["dag_run_id"])))
+        if where is None or where(forwarded):
+            found.append(forwarded)
+    return found
+
+
+def wait_for_forwarded_run(
+    deployment: AirflowDeployment,
+    dag_id: str,
+    where: Callable[[ForwardedRun], bool],
+    *,
+    timeout_s: float = 60,
+    diagnose: Callable[[], str] | None = None,
+) -> ForwardedRun:
+    """The first run of `dag_id` matching `where`, waiting for it."""
+
+    def check() -> ForwardedRun | None:
+        runs = forwarded_runs(deployment, dag_id, where)
+        return runs[0] if runs else None
+
+    found: ForwardedRun = poll(
+        check,
+        timeout_s=timeout_s,
+        what=f"[{deployment.name}] a run of {dag_id}",
+        interval_s=0.1,
+        diagnose=lambda: (diagnose() if diagnose else "") + "\n" + deployment.logs(),
+    )
+    return found
+
+
+def from_producer_run(run_id: str, uri: str | None = None) -> Callable[[ForwardedRun], bool]:
+    """Matches downstream runs triggered by an event carrying this producer run id in its extra."""
+
+    def match(run: ForwardedRun) -> bool:
+        return any(
+            (event.get("extra") or {}).get("producer_run_id") == run_id and (uri is None or _event_uri(event) == uri)
+            for event in run.events
+        )
+
+    return match
+
+
+def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]]:
+    """Every event of the asset/dataset `uri` in a deployment."""
+    asset = deployment.find_asset(uri)
+    if asset is None:
+        return []
+    if deployment.major >= 3:
+        body = deployment.api_json("GET", "/api/v2/assets/events", params={"asset_id": asset["id"], "limit": 100})
+        events: list[dict[str, Any]] = body["asset_events"]
+        return events
+    body = deployment.api_json("GET", "/api/v1/datasets/events", params={"dataset_id": asset["id"], "limit": 100})
+    events = body["dataset_events"]
+    return events
+
+
+def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 60, interval_s: float = 0.2) -> Any:
+    return poll(check, timeout_s=timeout_s, what=what, interval_s=interval_s, diagnose=lambda: "")
