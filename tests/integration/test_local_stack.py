@@ -58,20 +58,6 @@ def ssm(local_stack: LocalStack) -> Any:
 
 
 @pytest.fixture
-def airflow() -> Iterator[Callable[..., FakeAirflow]]:
-    started: list[FakeAirflow] = []
-
-    def start(version: str = "3", **kwargs: Any) -> FakeAirflow:
-        fake = FakeAirflow(version, **kwargs).start()
-        started.append(fake)
-        return fake
-
-    yield start
-    for fake in started:
-        fake.stop()
-
-
-@pytest.fixture
 def put_target(ssm: Any, local_stack: LocalStack) -> Iterator[Callable[[str, str, list[str]], None]]:
     """Register a target (auth none) under the stack's TARGETS_PATH; all are removed after the test."""
     names: list[str] = []
