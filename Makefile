@@ -12,7 +12,10 @@ PYTEST_ARGS ?=
 
 include mk/sam.mk
 
+# The venv is shared by every checkout of this machine (CI clones too): point its editable install at this one.
 venv: $(VENV)/.installed
+	@(cd / && $(PY) -c "import sys, dataset_forwarder_cli as m; sys.exit(not m.__file__.startswith('$(CURDIR)/'))") \
+		2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
 $(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt pyproject.toml
 	@echo "==> creating dev venv $(VENV)"
@@ -38,8 +41,8 @@ listener-test: venv
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-chaos: venv ## the full chaos run (5,000 events); make test runs a 1,000-event one
-	CHAOS_EVENTS=5000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
+chaos: venv ## a longer chaos run (20,000 events); make test runs 5,000
+	CHAOS_EVENTS=20000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

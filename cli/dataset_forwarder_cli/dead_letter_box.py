@@ -8,12 +8,25 @@ loses nothing (a duplicate is harmless: delivery is idempotent per event and tar
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-HOLD_S = 30
+HOLD_S = 300  # a scan of a long DLQ must end before its first holds run out; `peek` releases them at once
+MAX_ROUNDS_WITHOUT_NEW = 20  # holds shorter than a scan of the queue: stop rather than cycle
 BATCH = 10
+
+
+class RedriveIncomplete(Exception):
+    """The events queue refused some messages; they stay in the DLQ (visible again after the hold)."""
+
+    def __init__(self, moved: list[DeadLetterRecord], refused: list[str]) -> None:
+        super().__init__(
+            f"{len(refused)} message(s) were refused by the events queue and stay in the DLQ "
+            f"({len(moved)} moved): {'; '.join(sorted(set(refused)))[:500]}"
+        )
+        self.moved = moved
+        self.refused = refused
 
 
 @dataclass(frozen=True)
@@ -92,19 +105,26 @@ class DeadLetterBox:
             for m in messages
         ]
 
-    def scan(self, *, hold_s: int = HOLD_S, limit: int | None = None) -> Iterator[DeadLetterRecord]:
-        """Every message once (held invisible for `hold_s`), until the queue gives no more or `limit`."""
-        seen: set[str] = set()
-        while limit is None or len(seen) < limit:
-            batch = [r for r in self._receive(hold_s) if r.message_id not in seen]
+    def scan(self, *, hold_s: int = HOLD_S, limit: int | None = None) -> list[DeadLetterRecord]:
+        """Every message once, each held invisible for `hold_s`, until the queue gives no more (or `limit`).
+
+        A message comes back before the scan ends only when its hold ran out (a slow scan of a long queue): it is
+        held again and its newest receipt handle kept, so the scan still sees every message, each once.
+        """
+        held: dict[str, DeadLetterRecord] = {}
+        rounds_without_new = 0
+        while (limit is None or len(held) < limit) and rounds_without_new < MAX_ROUNDS_WITHOUT_NEW:
+            batch = self._receive(hold_s)
             if not batch:
-                return
+                break
+            new = [r for r in batch if r.message_id not in held]
+            rounds_without_new = 0 if new else rounds_without_new + 1
             for record in batch:
-                if limit is not None and len(seen) >= limit:
+                if record.message_id in held or limit is None or len(held) < limit:
+                    held[record.message_id] = record
+                else:
                     self.release([record])
-                    continue
-                seen.add(record.message_id)
-                yield record
+        return list(held.values())
 
     def release(self, records: list[DeadLetterRecord]) -> None:
         """Make held messages visible again at once."""
@@ -139,7 +159,7 @@ class DeadLetterBox:
         on_selected: Callable[[int], None] | None = None,
     ) -> list[DeadLetterRecord]:
         """Move the matching dead letters to the events queue (send, then delete); returns them."""
-        held = list(self.scan(hold_s=120))
+        held = list(self.scan())
         selected = [r for r in held if r.matches(target, error)]
         if limit is not None:
             selected = sorted(selected, key=lambda r: r.sent_at_ms)[:limit]
@@ -149,12 +169,31 @@ class DeadLetterBox:
             on_selected(len(selected))
         if dry_run:
             return selected
-        for record in selected:
-            self._sqs.send_message(QueueUrl=queue_url, MessageBody=record.body, **_replay_attributes(record))
-            self._sqs.delete_message(QueueUrl=self._dlq_url, ReceiptHandle=record.receipt_handle)
-            if on_moved is not None:
-                on_moved(record)
-        return selected
+        moved: list[DeadLetterRecord] = []
+        refused: list[str] = []
+        for start in range(0, len(selected), BATCH):
+            chunk = selected[start : start + BATCH]
+            response = self._sqs.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[
+                    {"Id": str(i), "MessageBody": record.body, **_replay_attributes(record)}
+                    for i, record in enumerate(chunk)
+                ],
+            )
+            sent = [chunk[int(entry["Id"])] for entry in response.get("Successful", [])]
+            refused += [f"{entry.get('Code', '?')}: {entry.get('Message', '')}" for entry in response.get("Failed", [])]
+            if sent:  # only what the events queue accepted leaves the DLQ
+                self._sqs.delete_message_batch(
+                    QueueUrl=self._dlq_url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": r.receipt_handle} for i, r in enumerate(sent)],
+                )
+            for record in sent:
+                moved.append(record)
+                if on_moved is not None:
+                    on_moved(record)
+        if refused:
+            raise RedriveIncomplete(moved, refused)
+        return moved
 
     def purge(self) -> None:
         self._sqs.purge_queue(QueueUrl=self._dlq_url)

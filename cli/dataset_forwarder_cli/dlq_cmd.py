@@ -11,7 +11,7 @@ import click
 from rich.progress import Progress
 
 from .context import AppContext
-from .dead_letter_box import DeadLetterBox
+from .dead_letter_box import DeadLetterBox, RedriveIncomplete
 from .errors import CliError, friendly
 from .render import console, emit_json, shorten, table
 
@@ -120,28 +120,35 @@ def redrive(
     queue_url = app.queue_url
     with Progress(console=console(), transient=True, disable=as_json) as progress:
         task = progress.add_task("redriving", total=None)
-        records = box.redrive(
-            queue_url,
-            target=target,
-            error=error,
-            limit=limit,
-            dry_run=dry_run,
-            on_selected=lambda n: progress.update(task, total=n),
-            on_moved=lambda _record: progress.advance(task),
-        )
+        incomplete: RedriveIncomplete | None = None
+        try:
+            records = box.redrive(
+                queue_url,
+                target=target,
+                error=error,
+                limit=limit,
+                dry_run=dry_run,
+                on_selected=lambda n: progress.update(task, total=n),
+                on_moved=lambda _record: progress.advance(task),
+            )
+        except RedriveIncomplete as exc:
+            records, incomplete = exc.moved, exc
     if as_json:
         emit_json(
             {
                 "dry_run": dry_run,
                 "moved": [r.as_dict() for r in records] if not dry_run else [],
                 "selected": [r.as_dict() for r in records],
+                **({"error": str(incomplete)} if incomplete else {}),
             }
         )
-        return
-    verb = "would move" if dry_run else "moved"
-    for record in records:
-        click.echo(f"{verb} {record.message_id}  target={record.target} error={record.error} uri={record.uri}")
-    click.echo(f"{len(records)} dead letter(s) {verb} to the events queue")
+    else:
+        verb = "would move" if dry_run else "moved"
+        for record in records:
+            click.echo(f"{verb} {record.message_id}  target={record.target} error={record.error} uri={record.uri}")
+        click.echo(f"{len(records)} dead letter(s) {verb} to the events queue")
+    if incomplete:
+        raise CliError(str(incomplete))
 
 
 @dlq.command("purge")

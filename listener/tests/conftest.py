@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator, FormatChecker
+from moto.server import ThreadedMotoServer
 
 from dataset_forwarder_listener.envelope import UpstreamEvent, build
 from dataset_forwarder_listener.sender import Sender, SqsTransport
@@ -16,6 +18,37 @@ from tests.fakes.sqs import StubSqs
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "events" / "envelope.schema.json"
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/dataset-forwarder"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto server on 127.0.0.1, shared by the tests that talk SQS over real HTTP."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def receive_all(sqs: Any, url: str) -> list[dict[str, Any]]:
+    """Every message on the queue (each received once, then deleted)."""
+    messages: list[dict[str, Any]] = []
+    while True:
+        batch = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=0
+        ).get("Messages", [])
+        if not batch:
+            return messages
+        messages.extend(batch)
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        )
 
 
 @pytest.fixture(scope="session")

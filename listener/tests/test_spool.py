@@ -3,9 +3,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from dataset_forwarder_listener.spool import Spool
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 class FakeClock:
@@ -82,7 +90,7 @@ def test_claim_is_exclusive(spool, make_envelope):
     assert spool.count() == 0
 
 
-def test_claims_of_a_dead_process_are_released(tmp_path, make_envelope):
+def test_claim_of_a_stuck_sender_is_released_after_stale_after_s(tmp_path, make_envelope):
     spool = Spool(tmp_path / "spool", max_files=10, stale_after_s=30)
     path = spool.write(make_envelope())
     claimed = spool.claim(path)
@@ -92,6 +100,65 @@ def test_claims_of_a_dead_process_are_released(tmp_path, make_envelope):
     os.utime(claimed, (old, old))
 
     assert spool.pending() == [path]
+
+
+def test_claim_of_a_killed_process_is_released_at_once(spool, make_envelope):
+    path = spool.write(make_envelope())
+    claim_and_die = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from dataset_forwarder_listener.spool import Spool\n"
+        "assert Spool(Path(sys.argv[1]), 10).claim(Path(sys.argv[2]))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+
+    killed = subprocess.run(
+        [sys.executable, "-c", claim_and_die, str(spool.directory), str(path)],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        timeout=30,
+        check=False,
+    )
+
+    assert killed.returncode == -signal.SIGKILL
+    assert (spool.inflight_dir / path.name).exists()
+    assert spool.pending() == [path]  # long before stale_after_s: its lock died with the process
+
+
+def test_claim_of_a_live_sender_is_left_alone(tmp_path, make_envelope):
+    sending = Spool(tmp_path / "spool", max_files=10)
+    looking = Spool(tmp_path / "spool", max_files=10)  # another process, as far as the lock is concerned
+    path = sending.write(make_envelope())
+    claimed = sending.claim(path)
+
+    assert looking.pending() == []
+    assert looking.claim(path) is None
+    sending.release(claimed)
+    assert looking.pending() == [path]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_keep_its_parent_s_claims_locked(spool, make_envelope):
+    path = spool.write(make_envelope())
+    claimed = spool.claim(path)
+    started_r, started_w = os.pipe()
+    leave_r, leave_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child says it runs, waits, and leaves without cleanup)
+        os.close(leave_w)
+        os.write(started_w, b"!")
+        os.read(leave_r, 1)
+        os._exit(0)
+    os.close(started_w)
+    os.close(leave_r)
+    try:
+        assert os.read(started_r, 1) == b"!"  # the child runs (and has inherited the claim's descriptor)
+        spool.release(claimed)  # the send failed
+
+        assert spool.claim(path) is not None
+    finally:
+        os.close(leave_w)  # the child leaves
+        os.waitpid(child, 0)
+        os.close(started_r)
 
 
 def test_unreadable_file_is_parked_as_rejected(spool, make_envelope, caplog):

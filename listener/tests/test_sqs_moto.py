@@ -8,29 +8,14 @@ import time
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from dataset_forwarder_listener.sender import Sender, SqsTransport
 from dataset_forwarder_listener.spool import Spool
+from tests.conftest import free_port, receive_all
 
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture
@@ -51,20 +36,6 @@ def queue(aws, request):
     url = sqs.create_queue(QueueName=name)["QueueUrl"]
     yield sqs, url
     sqs.delete_queue(QueueUrl=url)
-
-
-def receive_all(sqs, url):
-    messages = []
-    while True:
-        batch = sqs.receive_message(
-            QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=0
-        ).get("Messages", [])
-        if not batch:
-            return messages
-        messages.extend(batch)
-        sqs.delete_message_batch(
-            QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
-        )
 
 
 def test_event_arrives_on_the_queue_with_its_attributes(queue, tmp_path, make_envelope, envelope_validator):

@@ -211,3 +211,39 @@ def test_airflow3_post_that_landed_after_a_timeout_is_not_posted_again(
 
     assert len(fake.events_for(BEARS)) == 1
     assert fake.count("GET", "/api/v2/assets/events") == 1
+
+
+def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed_and_redrive_never_duplicates(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
+
+    fake = airflow("3", auth="bearer", token="tok-old-123456")
+    fake.add_dataset(BEARS)
+    secret = stack.put_secret("b", "tok-old-123456")
+    stack.put_target(
+        "team-b",
+        {"url": fake.url, "datasets": [BEARS], "timeout_s": 0.5, "auth": {"type": "bearer", "secret": secret}},
+    )
+    fake.inject(Fault(delay_s=1.5, method="POST"))  # lands downstream after we gave up waiting
+    stack.send(envelope(BEARS))
+    first = lambda_driver.poll()
+    assert first is not None
+    assert first.failed_ids
+    fake.wait_for_events(1, timeout_s=5)
+    fake.set_token("tok-new-654321")  # revoked before the retry can check whether the POST landed
+
+    lambda_driver.drain()
+
+    box = DeadLetterBox(stack.sqs, stack.dlq_url)
+    [letter] = box.peek()
+    assert letter.error == "auth"
+    assert letter.attributes["detail"].startswith("unconfirmed, an earlier try may have landed")
+    assert len(fake.events) == 1
+
+    stack.put_secret("b", "tok-new-654321")  # the operator fixes the token, then redrives
+    box.redrive(stack.queue_url)
+    lambda_driver.drain()
+
+    assert len(fake.events) == 1  # checked downstream, found, not posted again
+    assert box.peek() == []

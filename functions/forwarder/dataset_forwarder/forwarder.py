@@ -47,6 +47,8 @@ DEAD_LETTERED_OUTCOME = "dead_lettered"
 RETRY_OUTCOME = "retry"
 WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
 TIME_MARGIN_S = 3.0
+# Leads the detail of a failure that kept us from checking whether an earlier, ambiguous try landed.
+UNCONFIRMED = "unconfirmed, an earlier try may have landed (a redrive checks before posting)"
 
 
 class RetryLater(Exception):
@@ -175,7 +177,7 @@ class Forwarder:
         verify_first = message.receive_count > 1 or envelope.only_targets is not None
 
         def post() -> dict[str, Any]:
-            if verify_first and self._client.already_received(target, envelope.uri, envelope.id):
+            if verify_first and self._already_received(target, envelope):
                 return {"found_downstream": True}
             posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
             return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}
@@ -184,8 +186,8 @@ class Forwarder:
             result, replayed = self._ledger.deliver_once(envelope.id, target.name, post)
         except DeliveryFailed as exc:
             failure = exc
-        except AlreadyInFlight as exc:
-            failure = DeliveryFailed(TIMEOUT, f"{exc}; retried later", transient=True)
+        except AlreadyInFlight as exc:  # that copy may deliver (or have delivered) it: unconfirmed either way
+            failure = DeliveryFailed(TIMEOUT, f"{UNCONFIRMED}: {exc}", transient=True)
         except Exception as exc:  # the idempotency table or a bug: never post without the ledger
             log.exception("delivery bookkeeping failed", extra=context)
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
@@ -201,6 +203,18 @@ class Forwarder:
             log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
             return Settlement(target.name, DELIVERED_OUTCOME)
         return self._after_failure(message, envelope, target.name, failure, context)
+
+    def _already_received(self, target: Target, envelope: Envelope) -> bool:
+        try:
+            return self._client.already_received(target, envelope.uri, envelope.id)
+        except DeliveryFailed as exc:
+            # The operator must know that this pair may be delivered already; a redrive checks again first.
+            raise DeliveryFailed(
+                exc.error,
+                f"{UNCONFIRMED}: {exc.detail}",
+                transient=exc.transient,
+                retry_after_s=exc.retry_after_s,
+            ) from None
 
     def _after_failure(
         self,

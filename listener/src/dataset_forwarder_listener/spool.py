@@ -8,13 +8,17 @@ Layout under the spool directory::
 
 Files appear atomically (temporary file + ``os.replace``) and move between states with
 ``os.rename``, so several Airflow processes can share one spool without sending a file twice:
-whoever renames it into ``inflight/`` first sends it. A claim left behind by a process that
-died is released again after ``stale_after_s``. No method raises: a spool problem is logged
-and reported through the return value.
+whoever renames it into ``inflight/`` first sends it. The claimer locks the file (``flock``)
+before the rename and holds the lock until the file leaves ``inflight/``; the kernel drops the
+lock when the process dies, so a claim left by a killed process is released at the next look
+(a restarted process sends it at once). A claim whose lock cannot be checked, or whose live
+sender is stuck, is released after ``stale_after_s``. No method raises: a spool problem is
+logged and reported through the return value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -24,6 +28,11 @@ from pathlib import Path
 from typing import Callable
 
 from dataset_forwarder_listener.envelope import Envelope, epoch_ns
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: a dead process's claim is recognised by its age only
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -139,18 +148,25 @@ class Spool:
         """Take ``path`` for sending; the claimed path, or None when another process already has it."""
         claimed = self.inflight_dir / path.name
         try:
+            lock = _lock(path)  # before the rename, so no one ever sees a live claim unlocked
+        except OSError:  # gone, or being claimed by another process right now
+            return None
+        try:
             os.rename(path, claimed)
             os.utime(claimed)  # the claim's age starts now, whatever the event's age
-        except FileNotFoundError:
-            return None
         except OSError as exc:
-            log.warning("Cannot claim spooled event %s: %s", path, exc)
+            _unlock(lock)
+            if not isinstance(exc, FileNotFoundError):
+                log.warning("Cannot claim spooled event %s: %s", path, exc)
             return None
+        if lock is not None:
+            _CLAIM_LOCKS[str(claimed)] = lock
         return claimed
 
     def release(self, claimed: Path) -> None:
         """Give a claimed file back to the waiting list (the send failed; a later flush retries it)."""
         self._move(claimed, self.directory / claimed.name)
+        _unlock(_CLAIM_LOCKS.pop(str(claimed), None))
 
     def remove(self, path: Path) -> None:
         """Forget a file whose envelope SQS accepted."""
@@ -160,6 +176,7 @@ class Spool:
             pass
         except OSError as exc:
             log.warning("Cannot remove sent event %s from the spool (it may be sent again): %s", path, exc)
+        _unlock(_CLAIM_LOCKS.pop(str(path), None))
 
     def reject(self, path: Path, reason: str) -> None:
         """Park a file SQS refused for good, so it no longer blocks the others."""
@@ -174,12 +191,14 @@ class Spool:
         except OSError as exc:
             log.warning("Cannot create %s: %s", self.rejected_dir, exc)
         self._move(path, self.rejected_dir / path.name)
+        _unlock(_CLAIM_LOCKS.pop(str(path), None))
 
     def read(self, path: Path) -> Envelope | None:
         """The envelope stored in ``path``; None (and the file parked as rejected) when unreadable."""
         try:
             envelope = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            _unlock(_CLAIM_LOCKS.pop(str(path), None))  # a claim taken away meanwhile
             return None
         except (OSError, ValueError) as exc:
             self.reject(path, f"unreadable: {exc}")
@@ -194,13 +213,27 @@ class Spool:
             return
         now = time.time()
         for entry in os.scandir(self.inflight_dir):
+            if not _is_spooled(entry.name):
+                continue
+            claim = Path(entry.path)
+            try:
+                lock = _lock(claim)
+            except FileNotFoundError:
+                continue  # sent or released meanwhile
+            except BlockingIOError:
+                lock = None  # locked: its sender is alive
+            if lock is not None:
+                log.warning("Releasing spooled event %s: the process that was sending it is gone.", entry.name)
+                self._move(claim, self.directory / entry.name)
+                _unlock(lock)
+                continue
             try:
                 age = now - entry.stat().st_mtime
             except FileNotFoundError:
                 continue
-            if _is_spooled(entry.name) and age > self.stale_after_s:
+            if age > self.stale_after_s:
                 log.warning("Releasing spooled event %s: its sender stopped %.0fs ago.", entry.name, age)
-                self._move(Path(entry.path), self.directory / entry.name)
+                self._move(claim, self.directory / entry.name)
         for entry in os.scandir(self.directory):
             if entry.name.startswith(TMP_PREFIX):
                 try:
@@ -234,3 +267,49 @@ class Spool:
 
 def _is_spooled(name: str) -> bool:
     return name.endswith(SUFFIX) and not name.startswith(".")
+
+
+# This process's claims: claimed path -> the descriptor holding the file's lock.
+_CLAIM_LOCKS: dict[str, int] = {}
+
+
+def _lock(path: Path) -> int | None:
+    """A descriptor of ``path`` holding its exclusive lock; None where this filesystem cannot lock.
+
+    Raises FileNotFoundError when ``path`` is gone and BlockingIOError when another process (or
+    another descriptor in this one) holds the lock.
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)  # writable: NFS emulates flock with write locks
+    except FileNotFoundError:
+        raise
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _forget_claims_in_child() -> None:
+    """A forked child must not keep its parent's claims locked: closing its copies leaves the parent's locks."""
+    for fd in list(_CLAIM_LOCKS.values()):
+        _unlock(fd)
+    _CLAIM_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claims_in_child)
