@@ -7,7 +7,7 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration listener-test e2e chaos venv demo demo-down clean-venvs
+.PHONY: test lint unit integration listener-test e2e chaos bench bench-smoke venv demo demo-down clean-venvs
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt py
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
-test: lint unit listener-test integration template-test e2e ## everything CI runs
+test: lint unit listener-test integration template-test bench-smoke e2e ## everything CI runs
 
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -41,8 +41,19 @@ listener-test: venv
 integration: venv
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-chaos: venv ## a longer chaos run (20,000 events); make test runs 5,000
-	CHAOS_EVENTS=20000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
+chaos: venv ## the long chaos run (5,000 events, ~15 min); make test runs 1,000
+	CHAOS_EVENTS=5000 $(PY) -m pytest tests/integration/test_chaos.py -s $(PYTEST_ARGS)
+
+bench: venv ## the benchmarks of bench/README.md, side by side with their naive baselines (~40 min); then the plot
+	$(PY) bench/forwarder_throughput.py
+	$(PY) bench/cold_start.py
+	$(PY) bench/listener_cost.py
+	$(PY) bench/e2e_latency.py
+	$(PY) bench/scale.py
+	$(PY) bench/plot.py
+
+bench-smoke: venv ## a tiny run of every benchmark (part of make test)
+	$(PY) -m pytest tests/bench $(PYTEST_ARGS)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)

@@ -193,11 +193,30 @@ def _build(venv: Path, version: str, extra_packages: Sequence[str]) -> None:
     print(f"airflow_env: {venv.name} ready in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
+def _family(venv: Path) -> tuple[str, ...]:
+    """What a venv is for: its extras, a local project counted by its directory name (its content changes often).
+
+    Venvs of one Airflow version compete for the `KEEP_VENVS_PER_VERSION` slots only within their family, so that,
+    e.g., a venv with provider packages is not evicted each time the listener's venv is rebuilt, nor the reverse.
+    """
+    try:
+        extras = json.loads((venv / MARKER).read_text()).get("extras", [])
+    except (OSError, ValueError):
+        return ()
+    # a local path counts whether or not it still exists (CI clones come and go)
+    local = tuple(spec for spec in extras if spec.startswith((".", "/", "~")) or os.sep in spec)
+    return tuple(sorted([f"local:{Path(spec).name}" for spec in local] + [s for s in extras if s not in local]))
+
+
 def _prune(version: str, keep: Path) -> None:
-    """Delete all but the newest venvs of this Airflow version, skipping any that a process holds a lock on."""
+    """Delete all but the newest venvs of this version and family, skipping any that a process holds a lock on."""
     root = cache_dir()
+    family = _family(keep)
     candidates = [p for p in root.glob(f"airflow-{version}-*") if p.is_dir() and p != keep]
-    complete = sorted((p for p in candidates if _is_complete(p)), key=lambda p: (p / MARKER).stat().st_mtime)
+    complete = sorted(
+        (p for p in candidates if _is_complete(p) and _family(p) == family),
+        key=lambda p: (p / MARKER).stat().st_mtime,
+    )
     doomed = complete[: max(0, len(complete) - (KEEP_VENVS_PER_VERSION - 1))]
     doomed += [p for p in candidates if not _is_complete(p)]
     for venv in doomed:

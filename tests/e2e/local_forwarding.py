@@ -29,6 +29,8 @@ from tests.e2e.airflow_env import AirflowDeployment, AirflowError, poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LISTENER_DIR = REPO_ROOT / "listener"
+# This worktree's CLI and core package, ahead of whatever checkout the venv's editable install was made from.
+WORKTREE_PATHS = (REPO_ROOT / "cli", REPO_ROOT / "functions" / "forwarder")
 CLI = [sys.executable, "-m", "dataset_forwarder_cli.main"]
 LINEAGE = "dataset_forwarder"
 # Variables of a developer's shell that would point the CLI, the listener or the handler somewhere else.
@@ -71,6 +73,8 @@ class LocalStackProcess:
         self.handler_env = dict(handler_env or {})
         self.state: dict[str, Any] = {}
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in _AWS_NOISE}
+        inherited = [self.base_env["PYTHONPATH"]] if self.base_env.get("PYTHONPATH") else []
+        self.base_env["PYTHONPATH"] = os.pathsep.join([*map(str, WORKTREE_PATHS), *inherited])
 
     def up(self, timeout_s: float = 240) -> LocalStackProcess:
         args = ["local", "up", "--json", "--state-dir", str(self.state_dir), "--timeout", str(timeout_s)]
@@ -125,6 +129,15 @@ class LocalStackProcess:
         if check and done.returncode != 0:
             raise RuntimeError(f"dataset-forwarder {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
         return done
+
+    def put_target(self, name: str, deployment: AirflowDeployment, datasets: Sequence[str]) -> None:
+        """`dataset-forwarder targets put` for a deployment, with its first user's credentials (JWT on 3.x)."""
+        auth = ["--auth", "airflow-token"] if deployment.major >= 3 else ["--auth", "basic"]
+        args = ["targets", "put", name, "--url", deployment.url, "--allow-http", *auth]
+        args += ["--username", deployment.user.username, "--token-env", "PASSWORD"]
+        for uri in datasets:
+            args += ["--dataset", uri]
+        self.cli(*args, env={"PASSWORD": deployment.user.password})
 
     def dead_letters(self, **filters: str) -> list[dict[str, Any]]:
         args = ["dlq", "list", "--json"]
@@ -386,6 +399,16 @@ def from_producer_run(run_id: str, uri: str | None = None) -> Callable[[Forwarde
         )
 
     return match
+
+
+def produced_events(deployment: AirflowDeployment, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """The asset/dataset events a producer DAG run emitted, as its own deployment recorded them (with `timestamp`)."""
+    kind = "assets/events" if deployment.major >= 3 else "datasets/events"
+    body = deployment.api_json(
+        "GET", f"{deployment.api_prefix}/{kind}", params={"source_dag_id": dag_id, "source_run_id": run_id}
+    )
+    events: list[dict[str, Any]] = body["asset_events" if deployment.major >= 3 else "dataset_events"]
+    return events
 
 
 def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]]:

@@ -173,8 +173,8 @@ def world(
                 future.result()
         print(f"\n[e2e] 4 deployments ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
         down3_datasets = [MATRIX.format(up="*", down="down3"), FANOUT, FANIN_A, FANIN_B, LOOP]
-        _put_target(stack, "down3", deployments["down3"], down3_datasets)
-        _put_target(stack, "down2", deployments["down2"], [MATRIX.format(up="*", down="down2"), FANOUT])
+        stack.put_target("down3", deployments["down3"], down3_datasets)
+        stack.put_target("down2", deployments["down2"], [MATRIX.format(up="*", down="down2"), FANOUT])
         yield world
     finally:
         if request.session.testsfailed > failed_before:
@@ -184,15 +184,6 @@ def world(
                 pool.submit(deployment.stop)
         print(f"[e2e] {stack.down()}", file=sys.stderr)
         _write_results(world)
-
-
-def _put_target(stack: LocalStackProcess, name: str, deployment: AirflowDeployment, datasets: list[str]) -> None:
-    auth = ["--auth", "airflow-token"] if deployment.major >= 3 else ["--auth", "basic"]
-    args = ["targets", "put", name, "--url", deployment.url, "--allow-http", *auth]
-    args += ["--username", deployment.user.username, "--token-env", "PASSWORD"]
-    for uri in datasets:
-        args += ["--dataset", uri]
-    stack.cli(*args, env={"PASSWORD": deployment.user.password})
 
 
 def _write_results(world: World) -> None:
@@ -312,7 +303,7 @@ def test_wrong_token_dead_letters_auth_then_fix_and_redrive_runs_the_consumer_on
 
 def test_two_deployments_forwarding_to_each_other_do_not_loop(world: World) -> None:
     up3, down3, stack = world["up3"], world["down3"], world.stack
-    _put_target(stack, "up3", up3, [LOOP])  # up3 now also receives LOOP; down3's target already has it
+    stack.put_target("up3", up3, [LOOP])  # up3 now also receives LOOP; down3's target already has it
 
     world.produce("up3", "produce_loop")
     wait_until(lambda: asset_events(down3, LOOP), "the event forwarded to down3", timeout_s=60)

@@ -26,7 +26,8 @@ def moto_server(log_path: Path) -> Iterator[str]:
     port = free_port()
     with log_path.open("w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            # moto server, with our fix for a lost-update race in its SQS deletes
+            [sys.executable, "-m", "dataset_forwarder_cli.local.moto_fixes", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )

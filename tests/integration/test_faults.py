@@ -247,3 +247,23 @@ def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed
 
     assert len(fake.events) == 1  # checked downstream, found, not posted again
     assert box.peek() == []
+
+
+def test_a_copy_that_runs_out_of_tries_is_not_dead_lettered_when_another_copy_delivered_the_event(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    event = envelope(BEARS)
+    stack.send(event)
+    lambda_driver.drain()
+    assert len(fake.events) == 1
+
+    stack.send(event)  # a second copy, whose every try finds too little time left to start (MAX_ATTEMPTS=3)
+    lambda_driver.timeout_s = 2
+    invocations = lambda_driver.drain()
+
+    assert len(invocations) == 3
+    assert stack.dead_letters(expected=0, timeout_s=1) == []
+    assert len(fake.events) == 1

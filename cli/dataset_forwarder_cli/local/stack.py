@@ -92,6 +92,9 @@ class MotoServer:
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise LocalStackError(f"moto server is not installed ({exc}): {INSTALL_HINT}") from exc
 
+        from .moto_fixes import apply as fix_moto
+
+        fix_moto()
         quiet_moto()
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5):

@@ -29,6 +29,7 @@ from .outcomes import (
     failure_for_status,
     redact,
 )
+from .single_flight import SingleFlight
 from .targets import Target
 
 TOKEN_REFRESH_MARGIN_S = 60.0
@@ -87,6 +88,7 @@ class AirflowClient:
         self._versions: dict[str, str] = {}
         self._asset_ids: dict[tuple[str, str], int] = {}
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self._flights = SingleFlight()  # one version probe, token and asset lookup per target at a time
 
     # -- public -----------------------------------------------------------------------------
 
@@ -104,6 +106,9 @@ class AirflowClient:
             cached = self._versions.get(target.url)
         if cached:
             return cached
+        return self._flights.run(("version", target.url), lambda: self._probe_version(target))
+
+    def _probe_version(self, target: Target) -> str:
         headers = {} if target.auth.type == "airflow-token" else self._static_auth(target, fresh=False)
         version = None
         for candidate, path in (("3", "/api/v2/version"), ("2", "/api/v1/version")):
@@ -241,7 +246,7 @@ class AirflowClient:
         from_cache = asset_id is not None
         for _ in range(2):
             if asset_id is None:
-                asset = self.find_asset(target, uri)
+                asset = self._flights.run(("asset", target.url, uri), lambda: self.find_asset(target, uri))
                 if asset is None:
                     raise DeliveryFailed(
                         UNKNOWN_DATASET,
@@ -319,6 +324,11 @@ class AirflowClient:
             cached = self._tokens.get(key)
         if cached and not fresh and cached[1] > now:
             return cached[0]
+        if fresh:  # after a 401/403: this caller's own new token, with the secret read again
+            return self._fetch_jwt(target, key, now, fresh=True)
+        return self._flights.run(("token", *key), lambda: self._fetch_jwt(target, key, now, fresh=False))
+
+    def _fetch_jwt(self, target: Target, key: tuple[str, str], now: float, *, fresh: bool) -> str:
         body = {"username": target.auth.username, "password": self._secret(target, fresh=fresh)}
         response = self._request(target, "POST", "/auth/token", json_body=body)
         if response.status_code in (401, 403) and not fresh:

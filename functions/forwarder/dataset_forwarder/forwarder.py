@@ -51,6 +51,11 @@ TIME_MARGIN_S = 3.0
 UNCONFIRMED = "unconfirmed, an earlier try may have landed (a redrive checks before posting)"
 
 
+def verify_first(message: InboundMessage, envelope: Envelope) -> bool:
+    """On a retry or a replay an earlier POST may have landed although its answer was lost."""
+    return message.receive_count > 1 or envelope.only_targets is not None
+
+
 class RetryLater(Exception):
     """The record goes back to the queue; its visibility has already been pushed back."""
 
@@ -167,17 +172,16 @@ class Forwarder:
         # A delivery cut off by the Lambda timeout would fail the whole batch: start none that may not finish.
         needed_s = WORST_CASE_CALLS * target.timeout_s + TIME_MARGIN_S
         if self._seconds_left() < needed_s:
+            why = f"not started: less than {needed_s:g}s left in this invocation"
+            # on a retry, an earlier try may have landed: we did not get as far as checking
             failure = DeliveryFailed(
-                TIMEOUT, f"not started: less than {needed_s:g}s left in this invocation", transient=True
+                TIMEOUT, f"{UNCONFIRMED}: {why}" if verify_first(message, envelope) else why, transient=True
             )
             return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
-        # On a retry or a replay an earlier POST may have landed although its answer was lost.
-        verify_first = message.receive_count > 1 or envelope.only_targets is not None
-
         def post() -> dict[str, Any]:
-            if verify_first and self._already_received(target, envelope):
+            if verify_first(message, envelope) and self._already_received(target, envelope):
                 return {"found_downstream": True}
             posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
             return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}
@@ -230,6 +234,8 @@ class Forwarder:
             self._stats.count(RETRIED, target)
             log.warning("delivery failed, will retry", extra=details)
             return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
+        if self._delivered_before(envelope.id, target, details):
+            return Settlement(target, DUPLICATE_OUTCOME)
         try:
             self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, failure.detail)
         except Exception as exc:
@@ -237,6 +243,18 @@ class Forwarder:
             return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
         log.error("delivery failed, dead-lettered", extra=details)
         return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, failure.detail)
+
+    def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
+        """Whether another copy or an earlier try delivered the pair this try failed on: then no dead letter."""
+        try:
+            delivered = self._ledger.delivered(event_id, target)
+        except Exception:  # the table is unreachable: a dead letter is the safe side (a redrive checks first)
+            log.warning("cannot read the ledger before dead-lettering", extra=details, exc_info=True)
+            return False
+        if delivered:
+            self._stats.count(DUPLICATE, target)
+            log.info("failed, but already delivered by another try: not dead-lettered", extra=details)
+        return delivered
 
     def _reject(self, message: InboundMessage, envelope: Envelope, name: str, reason: str) -> Settlement:
         context = {"event_id": envelope.id, "uri": envelope.uri, "target": name, "message_id": message.message_id}

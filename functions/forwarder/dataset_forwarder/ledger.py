@@ -11,7 +11,7 @@ A failed delivery deletes its in-progress record, so a later try may deliver.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -19,9 +19,14 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyItemNotFoundError,
 )
 from aws_lambda_powertools.utilities.idempotency.idempotency import idempotent_function
-from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
 from .outcomes import AlreadyInFlight
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
+
+    StoreFactory = Callable[[], BasePersistenceLayer]
 
 DELIVERY_PREFIX = "dataset-forwarder#delivery"
 DEAD_LETTER_PREFIX = "dataset-forwarder#dead-letter"
@@ -37,11 +42,12 @@ def _run(*, key: dict[str, str], action: Callable[[], dict[str, Any]]) -> dict[s
 
 
 class Ledger:
-    def __init__(self, *, table: str, ttl_s: int, dynamodb: Any) -> None:
+    def __init__(self, *, ttl_s: int, store: StoreFactory) -> None:
+        """`store` makes a Powertools persistence layer; it is called once per key prefix."""
         self._config = IdempotencyConfig(expires_after_seconds=ttl_s, response_hook=_mark_replayed)
         # One persistence layer per key prefix: Powertools stores the prefix on the layer itself.
-        self._delivery_store = DynamoDBPersistenceLayer(table_name=table, boto3_client=dynamodb)
-        self._dead_letter_store = DynamoDBPersistenceLayer(table_name=table, boto3_client=dynamodb)
+        self._delivery_store = store()
+        self._dead_letter_store = store()
         self._dead_letter_store.configure(self._config, key_prefix=DEAD_LETTER_PREFIX)
         self._deliver = idempotent_function(
             _run,
@@ -57,6 +63,11 @@ class Ledger:
             config=self._config,
             key_prefix=DEAD_LETTER_PREFIX,
         )
+
+    @classmethod
+    def on_dynamodb(cls, *, table: str, ttl_s: int, dynamodb: Any) -> Ledger:
+        """The production ledger: the idempotency table, through the given DynamoDB client."""
+        return cls(ttl_s=ttl_s, store=lambda: DynamoDBPersistenceLayer(table_name=table, boto3_client=dynamodb))
 
     def register_lambda_context(self, context: Any) -> None:
         """In-progress records expire with the invocation, so a killed Lambda never blocks a retry."""
@@ -81,13 +92,24 @@ class Ledger:
             raise AlreadyInFlight(f"message {message_id} is being dead-lettered for {target}") from None
         return _split(result)
 
+    def delivered(self, event_id: str, target: str) -> bool:
+        """Whether (event, target) was delivered and recorded as such (an in-progress record does not count)."""
+        return _completed(self._delivery_store, {"event_id": event_id, "target": target})
+
     def dead_lettered(self, message_id: str, target: str) -> bool:
-        """Whether this SQS message already produced a dead letter for this target."""
-        try:
-            self._dead_letter_store.get_record(data={"message_id": message_id, "target": target})
-        except IdempotencyItemNotFoundError:
-            return False
-        return True
+        """Whether this SQS message already produced a dead letter for this target.
+
+        Only a completed record counts: an in-progress one may be left by a try killed before its letter was sent.
+        """
+        return _completed(self._dead_letter_store, {"message_id": message_id, "target": target})
+
+
+def _completed(store: BasePersistenceLayer, key: dict[str, str]) -> bool:
+    try:
+        record = store.get_record(data=key)
+    except IdempotencyItemNotFoundError:
+        return False
+    return record is not None and record.status == STATUS_CONSTANTS["COMPLETED"]
 
 
 def _split(result: Any) -> tuple[dict[str, Any], bool]:

@@ -7,13 +7,16 @@ their clients built only when the first record arrives.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .forwarder import Forwarder
+    from .ledger import StoreFactory
     from .settings import Settings
 
 USER_AGENT = "airflow-dataset-forwarder/0.1"
+MAX_TARGET_POOLS = 128  # hosts whose connections are kept; beyond that the least recently used pool closes
 
 _lock = threading.Lock()
 _forwarder: Forwarder | None = None
@@ -35,6 +38,13 @@ def reset() -> None:
         _forwarder = None
 
 
+def install(built: Forwarder) -> None:
+    """Serve with a forwarder the caller built (benchmarks: `build` with another idempotency store)."""
+    global _forwarder
+    with _lock:
+        _forwarder = built
+
+
 def http_session(pool_size: int) -> Any:
     """A keep-alive session sized to the workers; urllib3 retries only what is safe to repeat."""
     import requests
@@ -53,7 +63,8 @@ def http_session(pool_size: int) -> Any:
         raise_on_status=False,
         raise_on_redirect=False,
     )
-    adapter = HTTPAdapter(pool_connections=32, pool_maxsize=pool_size, max_retries=retry)
+    # One pool per target host, each as large as the workers: connections are kept, never dropped for lack of room.
+    adapter = HTTPAdapter(pool_connections=MAX_TARGET_POOLS, pool_maxsize=pool_size, max_retries=retry)
     session = requests.Session()
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -62,7 +73,24 @@ def http_session(pool_size: int) -> Any:
     return session
 
 
-def build(settings: Settings | None = None) -> Forwarder:
+class _OnFirstUse:
+    """A client made on its first use (by whichever thread gets there first), then reused."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make()
+        return getattr(self._client, name)
+
+
+def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None = None) -> Forwarder:
+    """Wire the forwarder; the idempotency ledger is on DynamoDB unless `ledger_store` makes another
+    Powertools persistence layer (benchmarks measure the forwarder without moto's DynamoDB)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
@@ -88,9 +116,9 @@ def build(settings: Settings | None = None) -> Forwarder:
         user_agent_extra=USER_AGENT,
     )
     session = boto3.session.Session()
-    sqs = session.client("sqs", config=boto_config)
     ssm = session.client("ssm", config=boto_config)
-    dynamodb = session.client("dynamodb", config=boto_config)
+    # Only dead letters and retries use SQS: a cold start whose deliveries succeed never builds its client.
+    sqs = _OnFirstUse(lambda: session.client("sqs", config=boto_config))
     provider = SSMProvider(boto3_client=ssm)
     stats = Stats()
 
@@ -110,6 +138,13 @@ def build(settings: Settings | None = None) -> Forwarder:
                 raise SecretNotFound("AccessDenied") from None
             raise
 
+    ttl_s = settings.idempotency_ttl_s
+    if ledger_store is None:
+        dynamodb = session.client("dynamodb", config=boto_config)
+        ledger = Ledger.on_dynamodb(table=settings.idempotency_table, ttl_s=ttl_s, dynamodb=dynamodb)
+    else:
+        ledger = Ledger(ttl_s=ttl_s, store=ledger_store)
+
     return Forwarder(
         settings=settings,
         targets=TargetStore(
@@ -121,7 +156,7 @@ def build(settings: Settings | None = None) -> Forwarder:
         client=AirflowClient(
             http_session(settings.max_workers), SecretStore(fetch_secret, ttl_s=settings.config_ttl_s)
         ),
-        ledger=Ledger(table=settings.idempotency_table, ttl_s=settings.idempotency_ttl_s, dynamodb=dynamodb),
+        ledger=ledger,
         dead_letters=DeadLetterQueue(sqs, settings.dead_letter_queue_url),
         queue=QueueControl(sqs),
         stats=stats,

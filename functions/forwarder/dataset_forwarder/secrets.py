@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from .outcomes import AUTH, CONNECTION, DeliveryFailed
+from .single_flight import SingleFlight
 
 
 class SecretNotFound(LookupError):
@@ -28,6 +29,7 @@ class SecretStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._values: dict[str, tuple[str, float]] = {}
+        self._flights = SingleFlight()  # concurrent first reads of one secret make one SSM call
 
     def get(self, name: str, *, fresh: bool = False) -> str:
         now = self._clock()
@@ -35,6 +37,11 @@ class SecretStore:
             cached = self._values.get(name)
         if cached and not fresh and cached[1] > now:
             return cached[0]
+        if fresh:
+            return self._load(name, now)
+        return self._flights.run(name, lambda: self._load(name, now))
+
+    def _load(self, name: str, now: float) -> str:
         try:
             value = self._fetch(name)
         except SecretNotFound as exc:

@@ -1,0 +1,728 @@
+"""End-to-end latency of a forwarded event, run after run, and where the time goes.
+
+    VENV/bin/python bench/e2e_latency.py [--quick] [--out FILE] [--runs N] [--no-asset-watcher]
+
+Everything is real and on 127.0.0.1: one local stack (`dataset-forwarder local up`: moto server with the resources of
+template.yaml, the Lambda-like event source long-polling the queue and running the real handler), one upstream
+Airflow 3.3.2 with the listener installed (the cached venv of tests/e2e) and one downstream Airflow 3.3.2 whose
+consumer DAG is scheduled on the asset; the target is registered with the CLI. The producer DAG is triggered N times
+one after the other, each downstream run awaited (and finished) before the next trigger so that events never merge
+into one run. A warm-up run first pays the cold starts (the listener's SQS client in the api-server, the handler's
+clients, version probe, JWT and asset lookup); it is reported apart and left out of the percentiles.
+
+Per run, each step's time is read where that step is recorded, never by watching from outside:
+  task end_date                 upstream REST (the task instance)
+  upstream asset event          upstream REST (`timestamp` of the event the producer run emitted; the hook runs then)
+  on the queue                  SQS SentTimestamp, from the event source's invocation line in the stack's log
+  handler invoked               the same line (`started_at`, when the batch was handed to the function)
+  downstream asset event        downstream REST (`timestamp` of the event the forwarder's POST created)
+  `delivered`                   the handler's log line (after the POST answered and the ledger recorded it)
+  DAG run created               downstream REST (`queued_at` of the consumer run)
+The segments between consecutive path steps add up to the total; `delivered` happens off that path (the scheduler
+does not wait for the POST's answer to reach the handler), so it is shown aside.
+
+Baseline (unless --no-asset-watcher): Airflow 3's own event-driven scheduling. A second downstream Airflow 3.3.2
+(its own cached venv with the amazon and common-messaging providers) schedules its consumer on an Asset with an
+AssetWatcher on an SQS `MessageQueueTrigger` at its default poll interval, against a queue in the same moto server
+(AWS_ENDPOINT_URL); the upstream listener is pointed at that queue. The trigger sleeps between polls, so a run's
+latency depends on where in the sleep its event lands: before each baseline run a random delay (seeded) spreads the
+events over the poll cycle instead of phase-locking them to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "cli")]  # this worktree's tests/e2e tooling and CLI
+
+from dataset_forwarder_cli.local.poller import LAMBDA_LONG_POLL_S  # noqa: E402 - after the path is set
+from tests.e2e.airflow_env import AirflowDeployment, AirflowError, ensure_airflow_venv, poll  # noqa: E402
+from tests.e2e.local_forwarding import (  # noqa: E402
+    EventTrace,
+    ForwardedRun,
+    LocalStackProcess,
+    consumer_dag,
+    listener_extras,
+    parse_time,
+    produced_events,
+    producer_dag,
+    task_end,
+)
+
+DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "e2e_latency_runs.json"
+AIRFLOW_VERSION = "3.3.2"
+# The baseline's providers, pinned (the versions on the registry when this was written); aiobotocore for the trigger.
+WATCHER_PROVIDERS = (
+    "apache-airflow-providers-amazon[aiobotocore]==9.39.0",
+    "apache-airflow-providers-common-messaging==2.1.2",
+)
+UPSTREAM, DOWNSTREAM, WATCHER = "bench-up", "bench-down", "bench-watcher"
+URI = "s3://bench/e2e-latency"
+PRODUCER, CONSUMER, WATCHER_CONSUMER = "produce_latency", "consume_latency", "consume_from_queue"
+WATCHER_QUEUE = "bench-asset-watcher"
+REGION = "us-east-1"
+GOAL_P50_S = 3.0
+SANE_TOTAL_S = 60.0  # a forwarded run slower than this is a broken setup, not a measurement
+CLOCK_SLACK_S = 0.005  # SentTimestamp and Powertools' log times have millisecond resolution; Airflow's microseconds
+SIZES = {"full": {"runs": 20, "watcher_runs": 20}, "quick": {"runs": 3, "watcher_runs": 2}}
+
+WATCHER_DAG = """
+from datetime import datetime, timezone
+
+from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
+from airflow.sdk import DAG, Asset, AssetWatcher, task
+
+trigger = MessageQueueTrigger(scheme="sqs", sqs_queue={queue!r}{interval})
+watched = Asset({uri!r}, watchers=[AssetWatcher(name="bench_sqs_watcher", trigger=trigger)])
+
+with DAG({dag_id!r}, schedule=[watched], start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
+    @task
+    def consume():
+        return 1
+
+    consume()
+"""
+
+
+# =================================================================================================== timelines
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    label: str
+    start: str  # Timeline field
+    end: str
+
+
+@dataclass
+class Timeline:
+    """When each step of one event happened (epoch seconds), each read where the step is recorded."""
+
+    producer_run_id: str
+    consumer_run_id: str
+    task_end: float
+    upstream_event: float
+    downstream_event: float
+    run_created: float
+    on_queue: float | None = None  # SQS SentTimestamp
+    emitted: float | None = None  # the envelope's emitted_at (listener's clock, before SendMessage)
+    invoked: float | None = None
+    delivered: float | None = None
+    event_id: str | None = None
+    delivery_ms: float | None = None  # the handler's own timing of the delivery (`latency_ms` of `delivered`)
+    receive_count: int | None = None
+    events_in_run: int = 1
+    copies: int = 1  # SQS messages that carried this event (the listener sends again when a send's answer is late)
+
+    def seconds(self, segment: Segment) -> float | None:
+        start, end = getattr(self, segment.start), getattr(self, segment.end)
+        return None if start is None or end is None else end - start
+
+    def to_json(self, segments: tuple[Segment, ...]) -> dict[str, Any]:
+        values = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        values["segments_s"] = {s.name: _round(self.seconds(s)) for s in segments}
+        return values
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+TOTAL = Segment("total", "task end_date -> DAG run queued_at", "task_end", "run_created")
+FORWARDER_PATH = (
+    Segment("upstream_airflow", "task end_date -> upstream asset event (Airflow records it, calls the hook)",
+            "task_end", "upstream_event"),
+    Segment("listener", "upstream asset event -> SQS SentTimestamp (hook, spool, sender, SendMessage)",
+            "upstream_event", "on_queue"),
+    Segment("queue_wait", "SentTimestamp -> handler invoked (long poll returns, batch handed over)",
+            "on_queue", "invoked"),
+    Segment("handler", "handler invoked -> downstream asset event (routing, ledger, downstream API)",
+            "invoked", "downstream_event"),
+    Segment("downstream_scheduler", "downstream asset event -> DAG run queued_at", "downstream_event", "run_created"),
+)  # fmt: skip
+FORWARDER_ASIDE = (
+    Segment("handler_until_delivered", "handler invoked -> `delivered` logged (incl. downstream API)",
+            "invoked", "delivered"),
+    Segment("downstream_api_answer", "downstream asset event -> `delivered` logged (POST answer, ledger)",
+            "downstream_event", "delivered"),
+)  # fmt: skip
+WATCHER_PATH = (
+    FORWARDER_PATH[0],
+    Segment("queue_and_trigger", "upstream asset event -> downstream asset event (listener, SQS, trigger poll)",
+            "upstream_event", "downstream_event"),
+    FORWARDER_PATH[-1],
+)  # fmt: skip
+WATCHER_ASIDE = (
+    Segment("listener_emitted", "upstream asset event -> envelope emitted_at (listener's hook)",
+            "upstream_event", "emitted"),
+)  # fmt: skip
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def stats(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    return {
+        "n": len(values),
+        "p50_s": round(percentile(values, 0.50), 3),
+        "p95_s": round(percentile(values, 0.95), 3),
+        "min_s": round(min(values), 3),
+        "max_s": round(max(values), 3),
+        "mean_s": round(statistics.fmean(values), 3),
+    }
+
+
+def summarise(timelines: list[Timeline], path: tuple[Segment, ...], aside: tuple[Segment, ...]) -> dict[str, Any]:
+    out = {}
+    for segment, role in [*((s, "path") for s in path), (TOTAL, "total"), *((s, "aside") for s in aside)]:
+        values = [v for t in timelines if (v := t.seconds(segment)) is not None]
+        out[segment.name] = {"what": segment.label, "role": role, **stats(values)}
+    return out
+
+
+# =================================================================================================== the world
+
+
+@dataclass
+class World:
+    stack: LocalStackProcess
+    upstream: AirflowDeployment
+    downstream: AirflowDeployment
+    started: list[AirflowDeployment]  # every deployment ever started, all stopped at the end
+
+    def logs(self) -> str:
+        return f"{self.upstream.logs(30)}\n{self.downstream.logs(30)}\n{self.stack.log_tail(30)}"
+
+
+def say(text: str) -> None:
+    print(f"[e2e_latency {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def start_world(root: Path, cleanup: contextlib.ExitStack) -> World:
+    """The local stack, the upstream (listener) and the downstream (consumer) Airflow, and the target."""
+    venv = ensure_airflow_venv(AIRFLOW_VERSION, listener_extras())
+    stack = LocalStackProcess(root / "local")
+    cleanup.callback(stack.down)
+    upstream = AirflowDeployment(
+        venv, root / "upstream", name=UPSTREAM, dags={f"{PRODUCER}.py": producer_dag(3, PRODUCER, [URI])}
+    )
+    downstream = AirflowDeployment(
+        venv, root / "downstream", name=DOWNSTREAM, dags={f"{CONSUMER}.py": consumer_dag(3, CONSUMER, [URI])}
+    )
+    started_deployments = [upstream, downstream]
+    cleanup.callback(stop_all, started_deployments)
+
+    def start_downstream() -> None:
+        downstream.migrate()
+        downstream.start()
+        downstream.wait_healthy(timeout_s=120)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(3) as pool:
+        jobs: list[Future[Any]] = [pool.submit(stack.up), pool.submit(upstream.migrate), pool.submit(start_downstream)]
+        for job in jobs:
+            job.result()
+    upstream.env.update(stack.upstream_env(UPSTREAM, root / "spool"))
+    upstream.start()
+    upstream.wait_healthy(timeout_s=120)
+    stack.put_target(DOWNSTREAM, downstream, [URI])
+    say(f"local stack, {UPSTREAM} and {DOWNSTREAM} ready in {time.monotonic() - started:.1f} s")
+    return World(stack, upstream, downstream, started_deployments)
+
+
+def stop_all(deployments: list[AirflowDeployment]) -> None:
+    with ThreadPoolExecutor(max(1, len(deployments))) as pool:
+        for job in [pool.submit(d.stop) for d in deployments]:
+            job.result()
+
+
+def produce(upstream: AirflowDeployment) -> str:
+    """Trigger the producer and wait for its run to succeed; its run id."""
+    run_id = str(upstream.trigger_dag(PRODUCER)["dag_run_id"])
+    upstream.wait_for_dag_run(PRODUCER, where=lambda r: r["dag_run_id"] == run_id, timeout_s=120)
+    return run_id
+
+
+def next_run(
+    deployment: AirflowDeployment,
+    dag_id: str,
+    seen: set[str],
+    carries: Callable[[dict[str, Any]], bool],
+    *,
+    timeout_s: float,
+    diagnose: Callable[[], str],
+    strays: list[ForwardedRun] | None = None,
+) -> ForwardedRun:
+    """The next new run of `dag_id`, which must have been triggered by an event that `carries` recognises.
+
+    Lists runs only (cheap) while waiting; reads a new run's triggering events once. Every new run is accounted for:
+    one that does not carry the expected event goes to `strays` if given (the caller judges it), else ends the
+    benchmark (the forwarder delivers each event once, so such a run means events merged or were duplicated).
+    """
+
+    def check() -> ForwardedRun | None:
+        for run in deployment.dag_runs(dag_id):
+            run_id = str(run["dag_run_id"])
+            if run_id in seen:
+                continue
+            forwarded = ForwardedRun(dict(run), deployment.upstream_events(dag_id, run_id))
+            seen.add(run_id)
+            if any(carries(event) for event in forwarded.events):
+                return forwarded
+            if strays is None:
+                raise AirflowError(f"[{deployment.name}] unexpected run {run_id} of {dag_id}: {forwarded.events}")
+            strays.append(forwarded)
+        return None
+
+    found: ForwardedRun = poll(
+        check, timeout_s=timeout_s, what=f"[{deployment.name}] a new run of {dag_id}", diagnose=diagnose
+    )
+    return found
+
+
+def _upstream_event_time(upstream: AirflowDeployment, run_id: str) -> float:
+    events = [e for e in produced_events(upstream, PRODUCER, run_id) if e.get("uri") == URI]
+    if len(events) != 1:
+        raise AirflowError(f"[{upstream.name}] expected one event of {URI} from {run_id}, got {events}")
+    stamp = parse_time(events[0].get("timestamp"))
+    assert stamp is not None, events
+    return stamp
+
+
+def _event_time(event: dict[str, Any]) -> float:
+    stamp = parse_time(event.get("timestamp"))
+    assert stamp is not None, event
+    return stamp
+
+
+def forwarded_once(world: World, seen: set[str]) -> Timeline:
+    run_id = produce(world.upstream)
+    consumer = next_run(
+        world.downstream,
+        CONSUMER,
+        seen,
+        lambda e: (e.get("extra") or {}).get("producer_run_id") == run_id,
+        timeout_s=90,
+        diagnose=world.logs,
+    )
+    world.downstream.wait_for_dag_run(CONSUMER, where=lambda r: r["dag_run_id"] == consumer.run_id, timeout_s=120)
+    [downstream_event] = [e for e in consumer.events if (e.get("extra") or {}).get("producer_run_id") == run_id]
+    event_id = str(consumer.lineage(URI).get("id"))
+
+    def traced() -> EventTrace | None:
+        trace = world.stack.event_trace(event_id)
+        complete = trace.sent_at and trace.first_invoked_at and trace.delivered_at(DOWNSTREAM)
+        return trace if complete else None
+
+    trace: EventTrace = poll(
+        traced, timeout_s=30, what=f"the stack's log lines for event {event_id}", diagnose=world.logs
+    )
+    delivered = trace.lines("delivered", DOWNSTREAM)[0]
+    return Timeline(
+        producer_run_id=run_id,
+        consumer_run_id=consumer.run_id,
+        task_end=task_end(world.upstream, PRODUCER, run_id),
+        upstream_event=_upstream_event_time(world.upstream, run_id),
+        on_queue=trace.sent_at,
+        invoked=trace.first_invoked_at,
+        downstream_event=_event_time(downstream_event),
+        delivered=trace.delivered_at(DOWNSTREAM),
+        run_created=consumer.created_at,
+        event_id=event_id,
+        delivery_ms=delivered.get("latency_ms"),
+        receive_count=max((entry.get("receive_count") or 0) for _, entry in trace.received) or None,
+        events_in_run=len(consumer.events),
+        copies=len({entry.get("message_id") for _, entry in trace.received}),
+    )
+
+
+def measure_forwarder(world: World, runs: int, warmup: int) -> tuple[list[Timeline], list[Timeline]]:
+    seen = {str(r["dag_run_id"]) for r in world.downstream.dag_runs(CONSUMER)}
+    measured: list[Timeline] = []
+    warm: list[Timeline] = []
+    for index in range(warmup + runs):
+        timeline = forwarded_once(world, seen)
+        (warm if index < warmup else measured).append(timeline)
+        kind = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
+        say(f"forwarder {kind}: {timeline.seconds(TOTAL):.3f} s")
+    return warm, measured
+
+
+# =================================================================================================== the baseline
+
+
+def _watcher_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }
+
+
+def _create_queue(endpoint: str) -> str:
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION, **_credentials())
+    return str(sqs.create_queue(QueueName=WATCHER_QUEUE)["QueueUrl"])
+
+
+def _credentials() -> dict[str, str]:
+    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+def _payload_envelopes(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """The envelopes in a watcher-created asset event: the trigger's message batch, each body an envelope."""
+    payload = (event.get("extra") or {}).get("payload") or {}
+    envelopes = []
+    for message in payload.get("message_batch") or []:
+        with contextlib.suppress(ValueError, TypeError):
+            envelopes.append(json.loads(message.get("Body") or ""))
+    return envelopes
+
+
+def _from_run(event: dict[str, Any], run_id: str) -> bool:
+    return any((e.get("source") or {}).get("run_id") == run_id for e in _payload_envelopes(event))
+
+
+def start_watcher(world: World, root: Path, poll_interval_s: int | None) -> str:
+    """The baseline downstream (AssetWatcher on SQS) and the upstream re-pointed at its queue; its queue URL."""
+    venv = ensure_airflow_venv(AIRFLOW_VERSION, WATCHER_PROVIDERS)
+    endpoint = str(world.stack.stack["endpoint"])
+    queue = _create_queue(endpoint)
+    interval = "" if poll_interval_s is None else f", waiter_delay={poll_interval_s}"
+    dag = WATCHER_DAG.format(queue=queue, interval=interval, uri=URI, dag_id=WATCHER_CONSUMER)
+    watcher = AirflowDeployment(
+        venv, root / "watcher", name=WATCHER, dags={f"{WATCHER_CONSUMER}.py": dag}, env=_watcher_env(endpoint)
+    )
+    world.started.append(watcher)
+    world.downstream.stop()  # done with it: its CPU is the baseline's now
+    world.upstream.stop()
+    world.upstream.env["DATASET_FORWARDER_QUEUE_URL"] = queue
+
+    def start_watcher_deployment() -> None:
+        watcher.migrate()
+        watcher.start(triggerer=True)
+        watcher.wait_healthy(timeout_s=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        jobs: list[Future[Any]] = [pool.submit(start_watcher_deployment), pool.submit(world.upstream.start)]
+        for job in jobs:
+            job.result()
+    world.upstream.wait_healthy(timeout_s=120)
+    world.downstream = watcher
+    return queue
+
+
+def watched_once(world: World, seen: set[str], timeout_s: float, duplicates: list[dict[str, Any]]) -> Timeline:
+    """One baseline run; a run triggered only by a late copy of an earlier event is recorded in `duplicates`.
+
+    The trigger has no idempotency: every copy the listener sent (at least once) is a message, and a copy that comes
+    in a later poll than the original makes an asset event and a DAG run of its own.
+    """
+    run_id = produce(world.upstream)
+    strays: list[ForwardedRun] = []
+    consumer = next_run(
+        world.downstream,
+        WATCHER_CONSUMER,
+        seen,
+        lambda e: _from_run(e, run_id),
+        timeout_s=timeout_s,
+        diagnose=world.logs,
+        strays=strays,
+    )
+    for stray in strays:
+        runs = sorted({str((e.get("source") or {}).get("run_id")) for x in stray.events for e in _payload_envelopes(x)})
+        if not runs:
+            raise AirflowError(f"[{WATCHER}] unexpected run {stray.run_id}: {stray.events}")
+        duplicates.append({"consumer_run_id": stray.run_id, "producer_run_ids": runs})
+    world.downstream.wait_for_dag_run(
+        WATCHER_CONSUMER, where=lambda r: r["dag_run_id"] == consumer.run_id, timeout_s=120
+    )
+    [event] = [e for e in consumer.events if _from_run(e, run_id)]
+    copies = [e for e in _payload_envelopes(event) if (e.get("source") or {}).get("run_id") == run_id]
+    envelope = copies[0]
+    return Timeline(
+        producer_run_id=run_id,
+        consumer_run_id=consumer.run_id,
+        task_end=task_end(world.upstream, PRODUCER, run_id),
+        upstream_event=_upstream_event_time(world.upstream, run_id),
+        emitted=parse_time(envelope.get("emitted_at")),
+        downstream_event=_event_time(event),
+        run_created=consumer.created_at,
+        event_id=envelope.get("id"),
+        events_in_run=len(consumer.events),
+        copies=len(copies),
+    )
+
+
+def measure_watcher(
+    world: World, runs: int, warmup: int, poll_interval_s: float, *, seed: int, duplicates: list[dict[str, Any]]
+) -> tuple[list[Timeline], list[Timeline]]:
+    seen = {str(r["dag_run_id"]) for r in world.downstream.dag_runs(WATCHER_CONSUMER)}
+    spread = random.Random(seed)  # noqa: S311 - a sampling offset, not a secret
+    measured: list[Timeline] = []
+    warm: list[Timeline] = []
+    for index in range(warmup + runs):
+        if index >= warmup:
+            # Not a synchronisation: a deliberate offset, so that events land at uniformly spread points of the
+            # trigger's poll cycle instead of all at the same one (runs back to back would phase-lock to it).
+            time.sleep(spread.uniform(0, poll_interval_s))
+        timeline = watched_once(world, seen, 2 * poll_interval_s + 90, duplicates)
+        (warm if index < warmup else measured).append(timeline)
+        kind = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
+        say(f"asset watcher {kind}: {timeline.seconds(TOTAL):.3f} s")
+    return warm, measured
+
+
+def trigger_defaults() -> dict[str, Any]:
+    """The SQS trigger's defaults, read from the installed provider: the baseline runs with them.
+
+    `waiter_delay` is the sleep between polls, `wait_time_seconds` each poll's SQS long poll.
+    """
+    venv = ensure_airflow_venv(AIRFLOW_VERSION, WATCHER_PROVIDERS)
+    probe = (
+        "import inspect, json; from airflow.providers.amazon.aws.triggers.sqs import SqsSensorTrigger as T; "
+        "p = inspect.signature(T).parameters; "
+        "print(json.dumps({k: p[k].default for k in ('waiter_delay', 'wait_time_seconds', 'max_messages')}))"
+    )
+    done = subprocess.run(  # noqa: S603 - the cached venv's own interpreter
+        [str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    defaults: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return defaults
+
+
+# =================================================================================================== results
+
+
+def _git() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False)  # noqa: S603, S607
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain", "--", "."))}
+
+
+def check_sane(result: dict[str, Any]) -> list[str]:
+    """What makes the numbers unusable: missing steps, negative segments, merged or retried events, absurd totals."""
+    problems = []
+    forwarder = result["forwarder"]
+    runs = forwarder["runs"]
+    if len(runs) != result["settings"]["runs"]:
+        problems.append(f"{len(runs)} forwarder runs measured, {result['settings']['runs']} asked for")
+    for run in forwarder["warmup"] + runs:
+        segments = run["segments_s"]
+        missing = [name for name, value in segments.items() if value is None]
+        if missing:
+            problems.append(f"run {run['producer_run_id']}: no time for {missing}")
+            continue
+        path = [segments[s.name] for s in FORWARDER_PATH]
+        if min(path) < -CLOCK_SLACK_S:
+            problems.append(f"run {run['producer_run_id']}: a negative segment {segments}")
+        if abs(sum(path) - segments["total"]) > 0.002 * len(path):
+            problems.append(f"run {run['producer_run_id']}: segments do not add up to the total {segments}")
+        if not 0 < segments["total"] < SANE_TOTAL_S:
+            problems.append(f"run {run['producer_run_id']}: total {segments['total']} s")
+        if run["events_in_run"] != 1:
+            problems.append(f"run {run['producer_run_id']}: {run['events_in_run']} events merged into one run")
+        if run["receive_count"] != 1:
+            problems.append(f"run {run['producer_run_id']}: received {run['receive_count']} times (retried)")
+    watcher = result.get("asset_watcher") or {}
+    if watcher.get("failed"):
+        problems.append(f"the asset watcher baseline failed: {watcher['not_run_reason'][:300]}")
+    if watcher.get("runs") is not None:
+        if len(watcher["runs"]) != watcher["runs_asked"]:
+            problems.append(f"{len(watcher['runs'])} asset watcher runs measured, {watcher['runs_asked']} asked for")
+        for run in watcher["warmup"] + watcher["runs"]:
+            total = run["segments_s"]["total"]
+            if total is None or not 0 < total < 2 * watcher["poll_interval_s"] + SANE_TOTAL_S:
+                problems.append(f"asset watcher run {run['producer_run_id']}: total {total}")
+            if run["events_in_run"] != 1:
+                problems.append(f"asset watcher run {run['producer_run_id']}: {run['events_in_run']} events merged")
+    return problems
+
+
+def _rows(summary: dict[str, Any]) -> list[str]:
+    lines = ["| segment | from -> to | p50 s | p95 s | max s |", "|---|---|---|---|---|"]
+    for name, row in summary.items():
+        label = {"path": name, "total": f"**{name}**", "aside": f"({name})"}[row["role"]]
+        lines.append(f"| {label} | {row['what']} | {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['max_s']:.3f} |")
+    return lines
+
+
+def _table(result: dict[str, Any]) -> str:
+    forwarder = result["forwarder"]
+    warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in forwarder["warmup"]) or "none"
+    lines = [
+        f"forwarder, local stack ({LAMBDA_LONG_POLL_S} s long polling): {forwarder['summary']['total']['n']} runs "
+        f"(warm-up, not counted: {warm})",
+        "",
+        *_rows(forwarder["summary"]),
+        "",
+        f"goal p50 < {result['goal']['p50_total_under_s']:g} s: {'met' if result['goal']['met'] else 'NOT met'}",
+    ]
+    watcher = result.get("asset_watcher") or {}
+    if watcher.get("summary"):
+        warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in watcher["warmup"]) or "none"
+        lines += [
+            "",
+            f"Airflow AssetWatcher on SQS, poll interval {watcher['poll_interval_s']} s: {len(watcher['runs'])} runs "
+            f"(warm-up, not counted: {warm})",
+            "",
+            *_rows(watcher["summary"]),
+        ]
+    elif watcher.get("not_run_reason"):
+        lines += ["", f"AssetWatcher baseline not run: {watcher['not_run_reason']}"]
+    return "\n".join(lines)
+
+
+# =================================================================================================== main
+
+
+def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    size = SIZES["quick" if args.quick else "full"]
+    runs = args.runs or size["runs"]
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    result: dict[str, Any] = {
+        "benchmark": "e2e_latency",
+        "mode": "quick" if args.quick else "full",
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_at_start": load_at_start,
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "git": _git(),
+        },
+    }
+    with contextlib.ExitStack() as cleanup:
+        world = start_world(root, cleanup)
+        event_source = {k: world.stack.stack.get(k) for k in ("batch_size", "batching_window_s", "maximum_concurrency")}
+        result["settings"] = {
+            "airflow": AIRFLOW_VERSION,
+            "airflow_venv": world.upstream.venv.name,
+            "runs": runs,
+            "warmup_runs": args.warmup,
+            "path": "listener -> SQS (moto server) -> local event source -> forwarder handler -> Airflow REST API",
+            "event_source": {**event_source, "long_poll_s": LAMBDA_LONG_POLL_S},
+            "percentiles": "nearest rank",
+            "between_runs": "the next producer run is triggered once the previous consumer run has succeeded",
+        }
+        warm, measured = measure_forwarder(world, runs, args.warmup)
+        summary = summarise(measured, FORWARDER_PATH, FORWARDER_ASIDE)
+        result["forwarder"] = {
+            "summary": summary,
+            "warmup": [t.to_json((*FORWARDER_PATH, TOTAL, *FORWARDER_ASIDE)) for t in warm],
+            "runs": [t.to_json((*FORWARDER_PATH, TOTAL, *FORWARDER_ASIDE)) for t in measured],
+        }
+        result["goal"] = {"p50_total_under_s": GOAL_P50_S, "met": summary["total"]["p50_s"] < GOAL_P50_S}
+        result["asset_watcher"] = baseline(args, world, root, size)
+    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def baseline(args: argparse.Namespace, world: World, root: Path, size: dict[str, int]) -> dict[str, Any]:
+    if args.no_asset_watcher:
+        return {"not_run_reason": "skipped (--no-asset-watcher)"}
+    runs = args.watcher_runs or size["watcher_runs"]
+    try:
+        default = trigger_defaults()
+        interval = args.watcher_poll_interval or int(default["waiter_delay"])
+        say(f"AssetWatcher baseline: {runs} runs, poll interval {interval} s (the trigger's defaults: {default})")
+        queue = start_watcher(world, root, None if interval == default["waiter_delay"] else interval)
+        duplicates: list[dict[str, Any]] = []
+        warm, measured = measure_watcher(world, runs, args.warmup, interval, seed=args.seed, duplicates=duplicates)
+    except Exception as exc:  # the forwarder's numbers stand on their own: keep them, say what stopped the baseline
+        say(f"AssetWatcher baseline failed:\n{traceback.format_exc()}")
+        return {"not_run_reason": f"{type(exc).__name__}: {str(exc)[:4000]}", "failed": True}
+    return {
+        "how": (
+            "Asset with AssetWatcher(MessageQueueTrigger(scheme='sqs', sqs_queue=...)) in a downstream Airflow "
+            f"{AIRFLOW_VERSION} with {', '.join(WATCHER_PROVIDERS)}; triggerer + scheduler + api-server; the upstream "
+            "listener sends to that queue on the same moto server (AWS_ENDPOINT_URL)"
+        ),
+        "queue": queue,
+        "poll_interval_s": interval,
+        "trigger_defaults": default,
+        "runs_asked": runs,
+        "random_offset_before_each_run_s": [0, interval],
+        "duplicate_runs": duplicates,
+        "summary": summarise(measured, WATCHER_PATH, WATCHER_ASIDE),
+        "warmup": [t.to_json((*WATCHER_PATH, TOTAL, *WATCHER_ASIDE)) for t in warm],
+        "runs": [t.to_json((*WATCHER_PATH, TOTAL, *WATCHER_ASIDE)) for t in measured],
+    }
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 forwarder runs, 2 baseline runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file (default: %(default)s)")
+    parser.add_argument("--runs", type=int, help="forwarder runs to measure (default: 20, --quick: 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="runs before the measured ones (default: %(default)s)")
+    parser.add_argument("--no-asset-watcher", action="store_true", help="skip the AssetWatcher baseline")
+    parser.add_argument("--watcher-runs", type=int, help="baseline runs (default: 20, --quick: 2)")
+    parser.add_argument(
+        "--watcher-poll-interval", type=int, help="the trigger's waiter_delay in s (default: the provider's own)"
+    )
+    parser.add_argument("--seed", type=int, default=8, help="seed of the baseline's random offsets")
+    parser.add_argument("--keep", action="store_true", help="keep the deployments' homes and logs")
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _interrupt)  # so that a terminated run still stops everything it started
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="adf-e2e-latency-"))
+    ok = False
+    try:
+        result = run(args, root)
+        result["wall_s"] = round(time.monotonic() - started, 1)
+        problems = check_sane(result)
+        result["problems"] = problems
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(_table(result))
+        say(f"written to {args.out} in {result['wall_s']} s")
+        for problem in problems:
+            say(f"NOT SANE: {problem}")
+        ok = not problems
+    finally:
+        if args.keep or not ok:
+            say(f"homes and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

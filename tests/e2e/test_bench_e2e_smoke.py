@@ -1,0 +1,71 @@
+"""Smoke test of bench/e2e_latency.py: a --quick run through the whole real path gives sane, complete numbers.
+
+The bench starts everything itself (local stack, two Airflow 3.3.2 deployments) from the cached venv the
+`airflow3_venv` fixture provides, and stops it all on SIGTERM too. The AssetWatcher baseline is left out here: at its
+default poll interval one run alone takes up to a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench" / "e2e_latency.py"
+RUN_TIMEOUT_S = 480  # a cached smoke run takes 1.5-4 min (idle to busy machine); past this, stop it and fail
+PATH_SEGMENTS = ["upstream_airflow", "listener", "queue_wait", "handler", "downstream_scheduler"]
+
+
+def test_quick_e2e_latency_bench_times_every_segment_of_three_forwarded_runs(
+    airflow3_venv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "results" / "e2e_latency_runs.json"
+    command = [sys.executable, str(BENCH), "--quick", "--no-asset-watcher", "--out", str(out)]
+    # the bench's scratch homes go to tmp_path, so nothing of it outlives the test's directory
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)  # the bench stops its deployments and the local stack on SIGTERM
+        stdout, stderr = process.communicate(timeout=120)
+        pytest.fail(f"bench still running after {RUN_TIMEOUT_S} s:\n{stdout[-3000:]}\n{stderr[-5000:]}")
+
+    assert process.returncode == 0, f"{stdout[-3000:]}\n{stderr[-8000:]}"
+    result = json.loads(out.read_text())
+    assert result["mode"] == "quick"
+    assert result["problems"] == []
+    assert result["settings"]["airflow_venv"] == airflow3_venv.name
+    machine = result["machine"]
+    assert machine["cpus"] >= 1
+    assert len(machine["load_avg_at_start"]) == 3
+    assert len(machine["load_avg_at_end"]) == 3
+    assert machine["python"]
+    assert machine["git"]["commit"]
+
+    forwarder = result["forwarder"]
+    assert len(forwarder["runs"]) == 3
+    assert len(forwarder["warmup"]) == 1
+    for name in [*PATH_SEGMENTS, "total", "handler_until_delivered", "downstream_api_answer"]:
+        row = forwarder["summary"][name]
+        assert row["n"] == 3, row
+        assert row["p50_s"] <= row["p95_s"] <= row["max_s"], row
+    for run in forwarder["runs"]:
+        segments = run["segments_s"]
+        assert sum(segments[name] for name in PATH_SEGMENTS) == pytest.approx(segments["total"], abs=0.01), run
+        assert 0 < segments["total"] < 60, run
+        assert run["task_end"] < run["on_queue"] <= run["invoked"] < run["delivered"], run
+        assert run["downstream_event"] <= run["run_created"], run
+        assert run["events_in_run"] == 1, run
+
+    assert result["asset_watcher"]["not_run_reason"].startswith("skipped")
+    assert "| **total** |" in stdout, stdout
