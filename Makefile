@@ -17,7 +17,8 @@ venv: $(VENV)/.installed
 	@(cd / && $(PY) -c "import sys, dataset_forwarder_cli as m; sys.exit(not m.__file__.startswith('$(CURDIR)/'))") \
 		2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 
-$(VENV)/.installed: requirements-dev.txt layers/dependencies/requirements.txt pyproject.toml
+# No file prerequisites: the path carries the hash of their content, and a fresh clone must not rebuild it.
+$(VENV)/.installed:
 	@echo "==> creating dev venv $(VENV)"
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
