@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from harness import (
     import_paths,
     load_average,
     machine,
+    run_and_record,
     summary,
 )
 
@@ -544,17 +544,7 @@ def main() -> None:
     if args.serve_downstream:
         serve_downstream(args.serve_downstream, args.post_delay_ms)
         return
-    # SIGTERM unwinds like an error, so moto server and the fakes are stopped.
-    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    if args.out is None:  # a smoke run never overwrites the recorded results
-        args.out = Path(tempfile.gettempdir()) / "forwarder_throughput.quick.json" if args.quick else DEFAULT_OUT
-    started = time.monotonic()
-    result = orchestrate(args)
-    result["wall_s"] = round(time.monotonic() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(result))
-    print(f"\nwritten to {args.out} in {result['wall_s']} s", file=sys.stderr)
+    run_and_record(args, name="forwarder_throughput", default_out=DEFAULT_OUT, orchestrate=orchestrate, table=table)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +124,28 @@ class MotoServer:
             self._process.wait()
         self._drainer.join(timeout=10)  # the pipe is at its end: the last lines are written, then it stops
         self._log.close()
+
+
+def run_and_record(
+    args: Any,
+    *,
+    name: str,
+    default_out: Path,
+    orchestrate: Callable[[Any], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str],
+) -> None:
+    """Run a benchmark, write its results (`args.out`) and print its table.
+
+    SIGTERM unwinds like an error, so moto server and the fakes are stopped; a smoke run (`--quick`) never
+    overwrites the recorded results.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
+    if args.out is None:
+        args.out = Path(tempfile.gettempdir()) / f"{name}.quick.json" if args.quick else default_out
+    started = time.monotonic()
+    result = orchestrate(args)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"\nwritten to {args.out} in {result['wall_s']} s", file=sys.stderr)
