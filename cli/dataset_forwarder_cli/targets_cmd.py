@@ -252,11 +252,11 @@ def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: boo
       dataset-forwarder targets test team-b --dataset s3://bucket/bears --send
     """
     from dataset_forwarder.airflow_api import AirflowClient
-    from dataset_forwarder.runtime import http_session
+    from dataset_forwarder.runtime import http_transport
 
     store = _store(app)
     target = store.get(name)
-    client = AirflowClient(http_session(4), _SsmSecrets(store))
+    client = AirflowClient(http_transport(4), _SsmSecrets(store))
     report = _Report()
     try:
         version = client.check_access(target)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from dataset_forwarder.forwarder import UNCONFIRMED
 from tests.fakes.airflow_api import FakeAirflow, Fault
 from tests.fakes.aws import ForwarderStack
 from tests.fakes.envelopes import envelope
@@ -238,7 +239,7 @@ def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed
     box = DeadLetterBox(stack.sqs, stack.dlq_url)
     [letter] = box.peek()
     assert letter.error == "auth"
-    assert letter.attributes["detail"].startswith("unconfirmed, an earlier try may have landed")
+    assert letter.attributes["detail"].startswith(UNCONFIRMED)
     assert len(fake.events) == 1
 
     stack.put_secret("b", "tok-new-654321")  # the operator fixes the token, then redrives
@@ -267,3 +268,31 @@ def test_a_copy_that_runs_out_of_tries_is_not_dead_lettered_when_another_copy_de
     assert len(invocations) == 3
     assert stack.dead_letters(expected=0, timeout_s=1) == []
     assert len(fake.events) == 1
+
+
+def test_a_last_try_whose_post_lost_its_answer_is_dead_lettered_as_unconfirmed_and_redriven_once(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
+
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS], "airflow": "3"})
+    fake.inject(Fault(reset=True, method="POST"), times=3)  # every try's POST dies waiting for its answer
+    stack.send(envelope(BEARS))
+
+    lambda_driver.drain()  # MAX_ATTEMPTS=3
+
+    box = DeadLetterBox(stack.sqs, stack.dlq_url)
+    [letter] = box.peek()
+    assert letter.error == "connection"
+    assert letter.attributes["detail"].startswith(UNCONFIRMED)  # the operator sees it may be there already
+    assert fake.count("POST", "/api/v2/assets/events") == 3
+    assert fake.count("GET", "/api/v2/assets/events") == 2  # tries 2 and 3 checked first
+
+    box.redrive(stack.queue_url)
+    lambda_driver.drain()
+
+    assert len(fake.events) == 1
+    assert fake.count("GET", "/api/v2/assets/events") == 3  # the redrive checked before posting
+    assert box.peek() == []

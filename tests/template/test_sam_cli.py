@@ -84,7 +84,8 @@ def test_sam_build_writes_the_function_and_the_layer(sam_build: Path) -> None:
     assert (sam_build / "ForwarderFunction" / "app.py").is_file()
     assert (sam_build / "ForwarderFunction" / "dataset_forwarder" / "settings.py").is_file()
     assert (sam_build / layer_report.LAYER / "python" / "aws_lambda_powertools").is_dir()
-    assert (sam_build / layer_report.LAYER / "python" / "requests").is_dir()
+    assert (sam_build / layer_report.LAYER / "python" / "urllib3").is_dir()
+    assert not (sam_build / layer_report.LAYER / "python" / "requests").exists()  # the forwarder speaks urllib3
     built = (sam_build / "template.yaml").read_text(encoding="utf-8")
     assert f"ContentUri: {layer_report.LAYER}" in built
 

@@ -7,9 +7,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-import requests
-from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
 
 from dataset_forwarder import runtime
 from dataset_forwarder.airflow_api import AirflowClient, Posted
@@ -22,6 +19,7 @@ from dataset_forwarder.outcomes import (
     DeliveryFailed,
 )
 from dataset_forwarder.targets import Auth, Target
+from dataset_forwarder.transport import Reply, Transport
 from tests.fakes.airflow_api import FakeAirflow, Fault
 
 BEARS = "s3://bucket/bears"
@@ -81,16 +79,15 @@ def failure_of(client: AirflowClient, target: Target, uri: str = BEARS) -> Deliv
 
 
 @pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as http:
-        http.trust_env = False  # never send 127.0.0.1 through a proxy from the environment
+def session() -> Iterator[Transport]:
+    """A transport without retries: every request the client makes reaches the fake once."""
+    with Transport(pool_size=4, max_hosts=8) as http:
         yield http
 
 
 @pytest.fixture
-def pooled_session() -> Iterator[requests.Session]:
-    http: requests.Session = runtime.http_session(8)
-    with http:
+def pooled_session() -> Iterator[Transport]:
+    with runtime.http_transport(8) as http:
         yield http
 
 
@@ -107,7 +104,7 @@ def v2() -> Iterator[FakeAirflow]:
 
 
 @pytest.fixture
-def client(session: requests.Session) -> AirflowClient:
+def client(session: Transport) -> AirflowClient:
     return AirflowClient(session, DictSecrets({}))
 
 
@@ -176,7 +173,7 @@ def test_no_airflow_api_at_the_url_is_invalid_target(v3: FakeAirflow, client: Ai
 # -- Airflow 2 --------------------------------------------------------------------------------
 
 
-def test_v1_post_body_carries_dataset_uri_and_extra(session: requests.Session) -> None:
+def test_v1_post_body_carries_dataset_uri_and_extra(session: Transport) -> None:
     with FakeAirflow("2", datasets=[BEARS], auth="basic", password="basic-pw-2") as fake:
         client = AirflowClient(session, DictSecrets({PASSWORD_SECRET: "basic-pw-2"}))
         target = make_target(fake.url, airflow="2", auth=Auth("basic", secret=PASSWORD_SECRET, username="admin"))
@@ -274,7 +271,7 @@ def test_unknown_dataset_on_airflow3_is_permanent(v3: FakeAirflow, client: Airfl
 # -- auth -------------------------------------------------------------------------------------
 
 
-def test_airflow_token_jwt_is_cached_and_refreshed_once_after_revocation(session: requests.Session) -> None:
+def test_airflow_token_jwt_is_cached_and_refreshed_once_after_revocation(session: Transport) -> None:
     with FakeAirflow("3", datasets=[BEARS], auth="airflow-token", password="jwt-pw") as fake:
         client = AirflowClient(session, DictSecrets({PASSWORD_SECRET: "jwt-pw"}))
         target = make_target(fake.url, auth=Auth("airflow-token", secret=PASSWORD_SECRET, username="admin"))
@@ -292,7 +289,7 @@ def test_airflow_token_jwt_is_cached_and_refreshed_once_after_revocation(session
         assert first.authorization == second.authorization != third.authorization
 
 
-def test_airflow_token_is_fetched_again_shortly_before_it_expires(session: requests.Session) -> None:
+def test_airflow_token_is_fetched_again_shortly_before_it_expires(session: Transport) -> None:
     now = [time.time()]
     fake = FakeAirflow("3", datasets=[BEARS], auth="airflow-token", username="a", password="jwt-pw", jwt_ttl_s=120)
     with fake:
@@ -310,7 +307,7 @@ def test_airflow_token_is_fetched_again_shortly_before_it_expires(session: reque
         assert fake.count("POST", "/api/v2/assets/events") == 3
 
 
-def test_airflow_token_with_wrong_password_is_permanent_auth_failure(session: requests.Session) -> None:
+def test_airflow_token_with_wrong_password_is_permanent_auth_failure(session: Transport) -> None:
     with FakeAirflow("3", datasets=[BEARS], auth="airflow-token", password="right-password") as fake:
         secrets = DictSecrets({PASSWORD_SECRET: "wrong-password"})
         client = AirflowClient(session, secrets)
@@ -326,7 +323,7 @@ def test_airflow_token_with_wrong_password_is_permanent_auth_failure(session: re
         assert secrets.fresh_reads == 1
 
 
-def test_rotated_bearer_secret_is_read_fresh_after_a_denial(session: requests.Session) -> None:
+def test_rotated_bearer_secret_is_read_fresh_after_a_denial(session: Transport) -> None:
     with FakeAirflow("3", datasets=[BEARS], auth="bearer", token="new-token-value") as fake:
         secrets = DictSecrets({TOKEN_SECRET: "new-token-value"}, cached={TOKEN_SECRET: "old-token-value"})
         client = AirflowClient(session, secrets)
@@ -341,7 +338,7 @@ def test_rotated_bearer_secret_is_read_fresh_after_a_denial(session: requests.Se
         assert fake.count("GET", "/api/v2/assets") == 2  # 403 with the old token, then 200
 
 
-def test_wrong_static_token_is_permanent_auth_failure_without_the_token(session: requests.Session) -> None:
+def test_wrong_static_token_is_permanent_auth_failure_without_the_token(session: Transport) -> None:
     with FakeAirflow("3", datasets=[BEARS], auth="bearer", token="right-token-value") as fake:
         secrets = DictSecrets({TOKEN_SECRET: "wrong-token-value"})
         client = AirflowClient(session, secrets)
@@ -358,7 +355,7 @@ def test_wrong_static_token_is_permanent_auth_failure_without_the_token(session:
         assert fake.events == []
 
 
-def test_wrong_static_token_on_airflow2_is_auth_failure(session: requests.Session) -> None:
+def test_wrong_static_token_on_airflow2_is_auth_failure(session: Transport) -> None:
     with FakeAirflow("2", datasets=[BEARS], auth="bearer", token="right-token-value") as fake:
         client = AirflowClient(session, DictSecrets({TOKEN_SECRET: "wrong-token-value"}))
 
@@ -368,41 +365,23 @@ def test_wrong_static_token_on_airflow2_is_auth_failure(session: requests.Sessio
         assert "wrong-token-value" not in str(failure)
 
 
-class EchoAuthorizationAdapter(BaseAdapter):
-    """Answers every request with 400 and a body that echoes the Authorization header back."""
+class EchoAuthorization:
+    """A transport whose server answers every request with 400 and echoes the Authorization header back."""
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        response = requests.Response()
-        response.status_code = 400
-        response.headers = CaseInsensitiveDict({"Content-Type": "text/plain"})
-        response._content = f"bad request; you sent {request.headers.get('Authorization')}".encode()
-        response.url = request.url or ""
-        response.request = request
-        return response
-
-    def close(self) -> None:
-        return None
+    def request(self, method: str, url: str, *, headers: Mapping[str, str] | None = None, **_: Any) -> Reply:
+        echoed = (headers or {}).get("Authorization")
+        return Reply(400, {"Content-Type": "text/plain"}, f"bad request; you sent {echoed}".encode())
 
 
 def test_secret_echoed_by_the_server_is_redacted_from_the_failure() -> None:
-    with requests.Session() as http:
-        http.mount("https://", EchoAuthorizationAdapter())
-        client = AirflowClient(http, DictSecrets({TOKEN_SECRET: "echoed-token-value"}))
-        target = make_target("https://airflow.example", airflow="2", auth=Auth("bearer", secret=TOKEN_SECRET))
+    client = AirflowClient(EchoAuthorization(), DictSecrets({TOKEN_SECRET: "echoed-token-value"}))  # type: ignore[arg-type]
+    target = make_target("https://airflow.example", airflow="2", auth=Auth("bearer", secret=TOKEN_SECRET))
 
-        failure = failure_of(client, target)
+    failure = failure_of(client, target)
 
-        assert failure.error == "http_400"
-        assert "echoed-token-value" not in str(failure)
-        assert "Bearer ***" in failure.detail
+    assert failure.error == "http_400"
+    assert "echoed-token-value" not in str(failure)
+    assert "Bearer ***" in failure.detail
 
 
 # -- transport failures -----------------------------------------------------------------------
@@ -453,7 +432,7 @@ def test_refused_connection_is_transient_connection_error(client: AirflowClient)
     assert failure.transient
 
 
-def test_pooled_session_does_not_retry_a_reset_post(v3: FakeAirflow, pooled_session: requests.Session) -> None:
+def test_pooled_session_does_not_retry_a_reset_post(v3: FakeAirflow, pooled_session: Transport) -> None:
     client = AirflowClient(pooled_session, DictSecrets({}))
     v3.inject(Fault(reset=True, method="POST"))
 
@@ -465,7 +444,7 @@ def test_pooled_session_does_not_retry_a_reset_post(v3: FakeAirflow, pooled_sess
     assert v3.events == []
 
 
-def test_pooled_session_retries_a_reset_version_probe(v3: FakeAirflow, pooled_session: requests.Session) -> None:
+def test_pooled_session_retries_a_reset_version_probe(v3: FakeAirflow, pooled_session: Transport) -> None:
     client = AirflowClient(pooled_session, DictSecrets({}))
     v3.inject(Fault(reset=True, method="GET", path_prefix="/api/v2/version"))
 

@@ -7,7 +7,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import requests
 
 from dataset_forwarder import runtime, single_flight
 from dataset_forwarder.airflow_api import AirflowClient
@@ -95,7 +94,7 @@ def test_a_cold_target_is_probed_authenticated_and_looked_up_once_for_concurrent
         return "admin-pw"
 
     with FakeAirflow("3", datasets=[BEARS], auth="airflow-token") as fake:
-        http: requests.Session = runtime.http_session(16)
+        http = runtime.http_transport(16)
         client = AirflowClient(http, SecretStore(fetch_secret, ttl_s=60))
         target = Target(
             name="team-b",

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-import requests
-
 from .envelope import LINEAGE_KEY
 from .outcomes import (
     AUTH,
@@ -31,6 +29,7 @@ from .outcomes import (
 )
 from .single_flight import SingleFlight
 from .targets import Target
+from .transport import ERROR_CONNECTION, ERROR_TIMEOUT, Reply, Transport, TransportError
 
 TOKEN_REFRESH_MARGIN_S = 60.0
 TOKEN_DEFAULT_LIFETIME_S = 300.0
@@ -66,7 +65,7 @@ def _jwt_expiry(token: str) -> float | None:
         return None
 
 
-def _excerpt(response: requests.Response) -> str:
+def _excerpt(response: Reply) -> str:
     text = response.text.strip().replace("\n", " ")
     return text[:BODY_EXCERPT]
 
@@ -76,12 +75,12 @@ class AirflowClient:
 
     def __init__(
         self,
-        session: requests.Session,
+        transport: Transport,
         secrets: SecretSource,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._session = session
+        self._transport = transport
         self._secrets = secrets
         self._clock = clock
         self._lock = threading.Lock()
@@ -269,7 +268,7 @@ class AirflowClient:
         )
 
     @staticmethod
-    def _event_id(response: requests.Response) -> Any:
+    def _event_id(response: Reply) -> Any:
         try:
             body = response.json()
         except ValueError:
@@ -286,7 +285,7 @@ class AirflowClient:
         *,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
-    ) -> requests.Response:
+    ) -> Reply:
         """One API call with the target's credentials; on 401/403 the credential is fetched again once."""
         headers = self._auth_headers(target, fresh=False)
         response = self._request(target, method, path, headers=headers, params=params, json_body=json_body)
@@ -361,32 +360,22 @@ class AirflowClient:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         json_body: Any = None,
-    ) -> requests.Response:
+    ) -> Reply:
         timeout = (min(CONNECT_TIMEOUT_CAP_S, target.timeout_s), target.timeout_s)
         try:
-            return self._session.request(
-                method,
-                target.url + path,
-                headers=dict(headers or {}),
-                params=params,
-                json=json_body,
-                timeout=timeout,
-                allow_redirects=False,  # never carry credentials to another host
+            return self._transport.request(
+                method, target.url + path, headers=headers, params=params, json_body=json_body, timeout=timeout
             )
-        except requests.Timeout:
-            raise DeliveryFailed(
-                TIMEOUT, f"{method} {path} on {target.name} got no answer within {target.timeout_s:g}s", transient=True
-            ) from None
-        except requests.ConnectionError as exc:
-            raise DeliveryFailed(
-                CONNECTION, f"{method} {path} on {target.name}: {type(exc).__name__}", transient=True
-            ) from None
-        except requests.RequestException as exc:
-            raise DeliveryFailed(
-                INVALID_TARGET, f"{method} {path} on {target.name}: {type(exc).__name__}", transient=False
-            ) from None
+        except TransportError as exc:
+            what = f"{method} {path} on {target.name}"
+            landed = exc.sent and method == "POST"  # a lost answer to a GET changes nothing downstream
+            if exc.kind == ERROR_TIMEOUT:
+                detail = f"{what} got no answer within {target.timeout_s:g}s"
+                raise DeliveryFailed(TIMEOUT, detail, transient=True, may_have_landed=landed) from None
+            error, transient = (CONNECTION, True) if exc.kind == ERROR_CONNECTION else (INVALID_TARGET, False)
+            raise DeliveryFailed(error, f"{what}: {exc.detail}", transient=transient, may_have_landed=landed) from None
 
-    def _failure(self, target: Target, response: requests.Response, method: str, path: str) -> DeliveryFailed:
+    def _failure(self, target: Target, response: Reply, method: str, path: str) -> DeliveryFailed:
         detail = f"{method} {path} on {target.name} answered {response.status_code}: {_excerpt(response)}"
         with self._lock:
             known = [token for token, _ in self._tokens.values()]

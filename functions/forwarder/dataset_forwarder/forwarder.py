@@ -47,8 +47,9 @@ DEAD_LETTERED_OUTCOME = "dead_lettered"
 RETRY_OUTCOME = "retry"
 WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
 TIME_MARGIN_S = 3.0
-# Leads the detail of a failure that kept us from checking whether an earlier, ambiguous try landed.
-UNCONFIRMED = "unconfirmed, an earlier try may have landed (a redrive checks before posting)"
+# Leads the detail of a dead letter whose pair the target may hold already: its last POST lost its answer,
+# or a failure kept us from checking whether an earlier, ambiguous try landed.
+UNCONFIRMED = "unconfirmed, a try may have landed (a redrive checks before posting)"
 
 
 def verify_first(message: InboundMessage, envelope: Envelope) -> bool:
@@ -236,13 +237,16 @@ class Forwarder:
             return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
             return Settlement(target, DUPLICATE_OUTCOME)
+        detail = failure.detail
+        if failure.may_have_landed and not detail.startswith(UNCONFIRMED):
+            detail = f"{UNCONFIRMED}: {detail}"
         try:
-            self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, failure.detail)
+            self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, detail)
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
             return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
-        log.error("delivery failed, dead-lettered", extra=details)
-        return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, failure.detail)
+        log.error("delivery failed, dead-lettered", extra={**details, "detail": detail})
+        return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, detail)
 
     def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
         """Whether another copy or an earlier try delivered the pair this try failed on: then no dead letter."""

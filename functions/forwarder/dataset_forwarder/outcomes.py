@@ -21,14 +21,27 @@ INVALID_TARGET = "invalid_target"
 
 
 class DeliveryFailed(Exception):
-    """A delivery did not succeed; `error` is the dead-letter error code, `detail` is secret-free."""
+    """A delivery did not succeed; `error` is the dead-letter error code, `detail` is secret-free.
 
-    def __init__(self, error: str, detail: str, *, transient: bool, retry_after_s: float | None = None) -> None:
+    `may_have_landed`: the POST left and its answer was lost (a timeout or a reset while waiting), so the
+    target may hold the event although we could not see it.
+    """
+
+    def __init__(
+        self,
+        error: str,
+        detail: str,
+        *,
+        transient: bool,
+        retry_after_s: float | None = None,
+        may_have_landed: bool = False,
+    ) -> None:
         super().__init__(f"{error}: {detail}")
         self.error = error
         self.detail = detail[:MAX_DETAIL]
         self.transient = transient
         self.retry_after_s = retry_after_s
+        self.may_have_landed = may_have_landed
 
 
 class AlreadyInFlight(Exception):

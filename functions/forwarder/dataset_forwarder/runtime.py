@@ -1,6 +1,6 @@
 """Wires the forwarder from the environment, once per Lambda container, on first use.
 
-Nothing heavy happens at import: boto3, requests and Powertools utilities are imported and
+Nothing heavy happens at import: boto3, urllib3 and Powertools utilities are imported and
 their clients built only when the first record arrives.
 """
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .forwarder import Forwarder
     from .ledger import StoreFactory
     from .settings import Settings
+    from .transport import Transport
 
 USER_AGENT = "airflow-dataset-forwarder/0.1"
 MAX_TARGET_POOLS = 128  # hosts whose connections are kept; beyond that the least recently used pool closes
@@ -45,11 +46,11 @@ def install(built: Forwarder) -> None:
         _forwarder = built
 
 
-def http_session(pool_size: int) -> Any:
-    """A keep-alive session sized to the workers; urllib3 retries only what is safe to repeat."""
-    import requests
-    from requests.adapters import HTTPAdapter
+def http_transport(pool_size: int) -> Transport:
+    """Keep-alive connections sized to the workers; urllib3 retries only what is safe to repeat."""
     from urllib3.util.retry import Retry
+
+    from .transport import Transport
 
     retry = Retry(
         total=1,
@@ -64,13 +65,7 @@ def http_session(pool_size: int) -> Any:
         raise_on_redirect=False,
     )
     # One pool per target host, each as large as the workers: connections are kept, never dropped for lack of room.
-    adapter = HTTPAdapter(pool_connections=MAX_TARGET_POOLS, pool_maxsize=pool_size, max_retries=retry)
-    session = requests.Session()
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    session.trust_env = False  # no proxy or .netrc credentials picked up from the environment
-    return session
+    return Transport(pool_size=pool_size, max_hosts=MAX_TARGET_POOLS, retries=retry, headers={"User-Agent": USER_AGENT})
 
 
 class _OnFirstUse:
@@ -154,7 +149,7 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
             on_broken=lambda name, _reason: stats.count(INVALID_TARGET_CONFIG, name),
         ),
         client=AirflowClient(
-            http_session(settings.max_workers), SecretStore(fetch_secret, ttl_s=settings.config_ttl_s)
+            http_transport(settings.max_workers), SecretStore(fetch_secret, ttl_s=settings.config_ttl_s)
         ),
         ledger=ledger,
         dead_letters=DeadLetterQueue(sqs, settings.dead_letter_queue_url),
