@@ -72,6 +72,7 @@ class ReceivedEvent:
     received_at: float  # time.monotonic()
     authorization: str | None  # raw Authorization header value the request carried
     partition_key: str | None = None  # Airflow 3 only, when the request sent one
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))  # the event's `timestamp`
 
 
 @dataclass
@@ -295,6 +296,7 @@ class FakeAirflow:
         self._next_asset_id = 1
         self._next_event_id = 1
         self._events: list[ReceivedEvent] = []
+        self._numbered_by_uri: dict[str, list[tuple[int, ReceivedEvent]]] = {}  # (list id, event) per dataset
         self._requests: list[tuple[str, str, int]] = []
         self._faults: list[Fault] = []
         self._connections = 0
@@ -380,6 +382,22 @@ class FakeAirflow:
             self._next_asset_id += 1
             self._assets[uri] = asset
             return asset.id
+
+    def seed_events(self, uri: str, lineage_ids: Sequence[str], *, created_at: datetime | None = None) -> None:
+        """Record events as if posted earlier (oldest first), each carrying one lineage id, without HTTP."""
+        with self._cond:
+            asset = self._assets[uri]
+        for lineage_id in lineage_ids:
+            self._record_event(
+                ReceivedEvent(
+                    uri=uri,
+                    extra={"dataset_forwarder": {"id": lineage_id}},
+                    asset_id=asset.id if self.version == "3" else None,
+                    received_at=time.monotonic(),
+                    authorization=None,
+                    created_at=created_at or datetime.now(UTC),
+                )
+            )
 
     def inject(self, *faults: Fault, times: int = 1) -> None:
         """Queue faults: inject(a, b, times=2) queues a, a, b, b; a request takes the first match."""
@@ -500,6 +518,7 @@ class FakeAirflow:
             event_id = self._next_event_id
             self._next_event_id += 1
             self._events.append(event)
+            self._numbered_by_uri.setdefault(event.uri, []).append((len(self._events), event))
             self._cond.notify_all()
             return event_id
 
@@ -709,16 +728,15 @@ class FakeAirflow:
         asset = self._asset_by_id(asset_id)
         if asset is None:
             return _json(404, {"detail": f"Asset with ID: `{asset_id}` was not found"})
-        event_id = self._record_event(
-            ReceivedEvent(
-                uri=asset.uri,
-                extra=dict(extra),
-                asset_id=asset_id,
-                received_at=time.monotonic(),
-                authorization=request.authorization,
-                partition_key=data.get("partition_key"),
-            )
+        event = ReceivedEvent(
+            uri=asset.uri,
+            extra=dict(extra),
+            asset_id=asset_id,
+            received_at=time.monotonic(),
+            authorization=request.authorization,
+            partition_key=data.get("partition_key"),
         )
+        event_id = self._record_event(event)
         return _json(
             200,
             {
@@ -731,7 +749,7 @@ class FakeAirflow:
                 "source_run_id": None,
                 "source_map_index": -1,
                 "created_dagruns": [],
-                "timestamp": _timestamp(datetime.now(UTC), zulu=True),
+                "timestamp": _timestamp(event.created_at, zulu=True),
             },
         )
 
@@ -830,13 +848,17 @@ class FakeAirflow:
         limit, offset = page
         wanted = request.query.get(id_key, [""])[-1]
         with self._cond:
-            numbered = list(enumerate(self._events, start=1))
             assets = dict(self._assets)
+            if wanted:  # indexed by dataset: the chaos test checks among thousands of events
+                uri = next((a.uri for a in assets.values() if str(a.id) == wanted), None)
+                numbered = list(self._numbered_by_uri.get(uri, [])) if uri is not None else []
+            else:
+                numbered = list(enumerate(self._events, start=1))
+        if request.query.get("order_by", ["timestamp"])[-1].startswith("-"):
+            numbered.reverse()
         listed = []
-        for number, event in numbered:
+        for number, event in numbered[offset : offset + limit]:
             asset = assets.get(event.uri)
-            if wanted and (asset is None or str(asset.id) != wanted):
-                continue
             listed.append(
                 {
                     "id": number,
@@ -848,11 +870,10 @@ class FakeAirflow:
                     "source_run_id": None,
                     "source_map_index": -1,
                     "created_dagruns": [],
+                    "timestamp": _timestamp(event.created_at, zulu=self.version == "3"),
                 }
             )
-        if request.query.get("order_by", ["timestamp"])[-1].startswith("-"):
-            listed.reverse()
-        return listed[offset : offset + limit]
+        return listed
 
     def _v3_list_events(self, request: _Request) -> _Response:
         events = self._listed_events(request, "asset_id", V3_DEFAULT_LIMIT)
@@ -922,15 +943,14 @@ class FakeAirflow:
             known = uri in self._assets
         if not known:
             return _problem(404, "Dataset not found", f"Dataset with uri: `{uri}` was not found", "NotFound")
-        event_id = self._record_event(
-            ReceivedEvent(
-                uri=uri,
-                extra=dict(extra),
-                asset_id=None,
-                received_at=time.monotonic(),
-                authorization=request.authorization,
-            )
+        event = ReceivedEvent(
+            uri=uri,
+            extra=dict(extra),
+            asset_id=None,
+            received_at=time.monotonic(),
+            authorization=request.authorization,
         )
+        event_id = self._record_event(event)
         return _json(
             200,
             {
@@ -942,7 +962,7 @@ class FakeAirflow:
                 "source_run_id": None,
                 "source_map_index": -1,
                 "created_dagruns": [],
-                "timestamp": _timestamp(datetime.now(UTC), zulu=False),
+                "timestamp": _timestamp(event.created_at, zulu=False),
             },
         )
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from dataset_forwarder import runtime
-from dataset_forwarder.airflow_api import AirflowClient, Posted
+from dataset_forwarder.airflow_api import VERIFY_MAX_PAGES, VERIFY_PAGE_SIZE, AirflowClient, Posted
 from dataset_forwarder.outcomes import (
     AUTH,
     CONNECTION,
@@ -474,3 +475,44 @@ def test_redirect_on_version_probe_is_invalid_target(v3: FakeAirflow, client: Ai
 
     assert failure.error == INVALID_TARGET
     assert v3.requests == [("GET", "/api/v2/version", 302)]
+
+
+# -- checking whether an ambiguous try landed ---------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["2", "3"])
+def test_already_received_pages_back_to_an_event_buried_under_newer_ones(version: str, client: AirflowClient) -> None:
+    emitted = datetime.now(UTC) - timedelta(minutes=5)
+    with FakeAirflow(version, datasets=[BEARS]) as fake:
+        fake.seed_events(BEARS, ["ours"], created_at=emitted + timedelta(seconds=1))
+        fake.seed_events(BEARS, [f"later-{n}" for n in range(250)])  # three pages of newer events
+        target = make_target(fake.url, airflow=version)
+
+        assert client.already_received(target, BEARS, "ours", since=emitted)
+        assert not client.already_received(target, BEARS, "never-sent", since=emitted)
+
+        path = "/api/v2/assets/events" if version == "3" else "/api/v1/datasets/events"
+        assert fake.count("GET", path) == 3 + 3  # found on page 3; all 3 pages read for the missing one
+
+
+def test_already_received_stops_at_events_older_than_the_envelope(client: AirflowClient) -> None:
+    with FakeAirflow("3", datasets=[BEARS]) as fake:
+        fake.seed_events(BEARS, [f"old-{n}" for n in range(500)], created_at=datetime.now(UTC) - timedelta(hours=2))
+        fake.seed_events(BEARS, [f"new-{n}" for n in range(100)])
+
+        found = client.already_received(make_target(fake.url, airflow="3"), BEARS, "ours", since=datetime.now(UTC))
+
+        assert not found
+        assert fake.count("GET", "/api/v2/assets/events") == 2  # the second page starts before the envelope
+
+
+def test_already_received_refuses_to_answer_no_when_too_many_events_followed(client: AirflowClient) -> None:
+    with FakeAirflow("3", datasets=[BEARS]) as fake:
+        fake.seed_events(BEARS, [f"e-{n}" for n in range(VERIFY_MAX_PAGES * VERIFY_PAGE_SIZE + 1)])
+        target = make_target(fake.url, airflow="3")
+
+        with pytest.raises(DeliveryFailed) as caught:
+            client.already_received(target, BEARS, "ours", since=datetime.now(UTC) - timedelta(minutes=1))
+
+        assert caught.value.transient  # dead-lettered as unconfirmed in the end, never posted blindly
+        assert fake.count("GET", "/api/v2/assets/events") == VERIFY_MAX_PAGES

@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from .envelope import LINEAGE_KEY
+from .envelope import LINEAGE_KEY, parse_time
 from .outcomes import (
     AUTH,
     CONNECTION,
@@ -35,7 +36,9 @@ TOKEN_REFRESH_MARGIN_S = 60.0
 TOKEN_DEFAULT_LIFETIME_S = 300.0
 ASSET_PAGE_SIZE = 100
 ASSET_MAX_PAGES = 20
-RECENT_EVENTS_CHECKED = 100
+VERIFY_PAGE_SIZE = 100  # Airflow's default maximum_page_limit
+VERIFY_MAX_PAGES = 20
+CLOCK_SKEW_ALLOWANCE = timedelta(minutes=15)  # upstream and downstream clocks may disagree
 CONNECT_TIMEOUT_CAP_S = 3.05
 BODY_EXCERPT = 300
 
@@ -63,6 +66,16 @@ def _jwt_expiry(token: str) -> float | None:
         return float(exp) if isinstance(exp, int | float) else None
     except (IndexError, ValueError, AttributeError):
         return None
+
+
+def _lineage_id(event: Mapping[str, Any]) -> Any:
+    extra = event.get("extra")
+    lineage = extra.get(LINEAGE_KEY) if isinstance(extra, dict) else None
+    return lineage.get("id") if isinstance(lineage, dict) else None
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    return parse_time(event.get("timestamp"))
 
 
 def _excerpt(response: Reply) -> str:
@@ -127,11 +140,14 @@ class AirflowClient:
             self._versions[target.url] = version
         return version
 
-    def already_received(self, target: Target, uri: str, event_id: str) -> bool:
+    def already_received(self, target: Target, uri: str, event_id: str, *, since: datetime | None = None) -> bool:
         """Whether the target already holds an event with this lineage id.
 
         Asked before posting again after an ambiguous try (a timeout or a reset after the request
         left): the earlier POST may have been accepted, and a second one would run the DAG twice.
+        Pages through the dataset's events newest first, down to `since` (when the envelope was
+        emitted) less a clock-skew allowance; raises DeliveryFailed when that is more than
+        VERIFY_MAX_PAGES pages, rather than answer "no" without having looked.
         """
         if self.api_version(target) == "3":
             with self._lock:
@@ -147,20 +163,34 @@ class AirflowClient:
             if dataset is None:
                 return False
             path, params, key = "/api/v1/datasets/events", {"dataset_id": str(dataset["id"])}, "dataset_events"
-        params.update({"order_by": "-timestamp", "limit": str(RECENT_EVENTS_CHECKED)})
-        response = self._authorized(target, "GET", path, params=params)
-        if response.status_code != 200:
-            raise self._failure(target, response, "GET", path)
-        try:
-            events = response.json()[key]
-        except (ValueError, KeyError, TypeError):
-            return False
-        return any(
-            isinstance(event, dict)
-            and isinstance(event.get("extra"), dict)
-            and isinstance(event["extra"].get(LINEAGE_KEY), dict)
-            and event["extra"][LINEAGE_KEY].get("id") == event_id
-            for event in events
+        oldest_wanted = since - CLOCK_SKEW_ALLOWANCE if since is not None else None
+        offset = 0
+        for _ in range(VERIFY_MAX_PAGES):
+            page = {**params, "order_by": "-timestamp", "limit": str(VERIFY_PAGE_SIZE), "offset": str(offset)}
+            response = self._authorized(target, "GET", path, params=page)
+            if response.status_code != 200:
+                raise self._failure(target, response, "GET", path)
+            try:
+                events = [event for event in response.json()[key] if isinstance(event, dict)]
+            except (ValueError, KeyError, TypeError):
+                raise DeliveryFailed(
+                    INVALID_TARGET,
+                    f"GET {path} on {target.name} answered something that is not an event list",
+                    transient=True,
+                ) from None
+            if any(_lineage_id(event) == event_id for event in events):
+                return True
+            if len(events) < VERIFY_PAGE_SIZE or oldest_wanted is None:
+                return False  # the last page, or an envelope without a time: the newest page is all we can do
+            oldest = _event_time(events[-1])
+            if oldest is not None and oldest < oldest_wanted:
+                return False  # older events predate the envelope
+            offset += len(events)
+        raise DeliveryFailed(
+            TIMEOUT,
+            f"could not check {target.name}: more than {VERIFY_MAX_PAGES * VERIFY_PAGE_SIZE} events of {uri} "
+            "since the envelope was emitted",
+            transient=True,
         )
 
     def check_access(self, target: Target) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 VERSION = 1
@@ -30,6 +31,11 @@ class Envelope:
     only_targets: tuple[str, ...] | None
     raw: dict[str, Any]
 
+    @property
+    def emitted_at(self) -> datetime | None:
+        """When the listener built the envelope (None when absent or unreadable)."""
+        return parse_time(self.raw.get("emitted_at"))
+
     def downstream_extra(self) -> dict[str, Any]:
         """The extra posted downstream: the upstream extra plus our lineage key."""
         lineage = {"id": self.id, "source": self.source, "trail": list(self.trail)}
@@ -46,6 +52,17 @@ class Envelope:
         if len(body.encode("utf-8")) > MAX_DEAD_LETTER_BODY_BYTES:
             return dumps(self.raw)
         return body
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time as Airflow and the listener write it (naive means UTC); None when absent or bad."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def dumps(data: Any) -> str:

@@ -211,7 +211,7 @@ class Forwarder:
 
     def _already_received(self, target: Target, envelope: Envelope) -> bool:
         try:
-            return self._client.already_received(target, envelope.uri, envelope.id)
+            return self._client.already_received(target, envelope.uri, envelope.id, since=envelope.emitted_at)
         except DeliveryFailed as exc:
             # The operator must know that this pair may be delivered already; a redrive checks again first.
             raise DeliveryFailed(
