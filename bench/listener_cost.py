@@ -139,11 +139,20 @@ def worker_airflow3(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     listener.sender.close()  # what atexit does at interpreter exit
     result["exit_drain_s"] = round(time.perf_counter() - started, 3)
-    result["spooled_after"] = sum(1 for _ in spool.glob("*.json")) + sum(1 for _ in spool.glob("inflight/*.json"))
+    result["spooled_after"] = _spooled(spool)
 
     if args.naive_url:
         result["naive"] = _naive(args, event)
     return result
+
+
+def _spooled(spool: Path) -> int:
+    """Files held in the spool, waiting or claimed. A send that gives up releases its claims (inflight/ back to the
+    spool) while we count: inflight/, the spool, then inflight/ again, so a file moving either way is seen."""
+    names = {p.name for p in spool.glob("inflight/*.json")}
+    names |= {p.name for p in spool.glob("*.json")}
+    names |= {p.name for p in spool.glob("inflight/*.json")}
+    return len(names)
 
 
 def _naive(args: argparse.Namespace, make_event: Callable[[int], Any]) -> dict[str, Any]:

@@ -97,3 +97,61 @@ def test_full_queue_leaves_events_in_the_spool_for_the_thread(spool, make_envelo
     assert wait_for(lambda: spool.count() == 0)
     assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
     sending.close()
+
+
+def test_sending_waits_for_a_pause_in_submits_then_goes_in_batches(spool, make_envelope):
+    client = StubSqs()
+    sending = background(spool, client, pause_s=1.0, max_wait_s=30.0)
+
+    for second in range(12):
+        sending.submit(make_envelope(second=second))
+        time.sleep(0.02)  # pacing, well under pause_s even on a loaded machine
+        assert client.calls == 0  # submits keep coming: the caller's process is busy, nothing is sent yet
+
+    assert wait_for(lambda: spool.count() == 0)
+    assert client.batch_calls == [10, 2]
+    sending.close()
+
+
+def test_a_steady_stream_of_submits_is_still_sent_within_max_wait(spool, make_envelope):
+    client = StubSqs()
+    sending = background(spool, client, pause_s=1.0, max_wait_s=0.2)
+
+    started = time.monotonic()
+    second = 0
+    while not client.sent and time.monotonic() - started < 10.0:  # a stream with no pause of pause_s in it
+        sending.submit(make_envelope(second=second % 60, key=str(second)))
+        second += 1
+        time.sleep(0.01)
+
+    assert client.sent  # sent while the stream went on
+    assert wait_for(lambda: spool.count() == 0)
+    sending.close()
+
+
+def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope):
+    client = StubSqs()
+    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0)
+    for second in range(3):
+        sending.submit(make_envelope(second=second))
+
+    started = time.monotonic()
+    sending.close(timeout_s=2)
+
+    assert time.monotonic() - started < 1.0
+    assert len(client.sent) == 3
+    assert spool.count() == 0
+
+
+def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spool, make_envelope):
+    left = make_envelope(second=1)
+    spool.write(left)  # an earlier process spooled it and died (Airflow 3: `dags test`, then exit)
+    client = StubSqs()
+    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0)
+
+    new = make_envelope(second=2)
+    sending.submit(new)
+    sending.close(timeout_s=2)
+
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted([left["id"], new["id"]])
+    assert spool.count() == 0

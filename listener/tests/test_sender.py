@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
@@ -192,3 +193,130 @@ def test_event_neither_spooled_nor_sent_is_reported_lost(tmp_path, make_envelope
 )
 def test_region_is_read_from_the_queue_url(url, region):
     assert region_from_queue_url(url) == region
+
+
+def test_batch_partial_failure_settles_each_envelope_by_its_own_entry(spool, make_envelope):
+    accepted, throttled, refused = (make_envelope(second=s) for s in (1, 2, 3))
+    client = StubSqs(refuse_entries={throttled["id"]: "ThrottlingException", refused["id"]: "InvalidMessageContents"})
+    sender = make_sender(spool, client)
+    items = [(envelope, spool.write(envelope)) for envelope in (accepted, throttled, refused)]
+
+    outcomes = sender.deliver_batch(items)
+
+    assert outcomes == [Outcome.SENT, Outcome.RETRY, Outcome.REJECTED]
+    assert client.batch_calls == [3]
+    assert [json.loads(body)["id"] for body in client.bodies] == [accepted["id"]]
+    [waiting] = spool.pending()
+    assert spool.read(waiting) == throttled  # kept for a later send
+    assert [p.name for p in spool.rejected_dir.iterdir()] == [items[2][1].name]
+
+
+def test_each_batch_entry_keeps_its_own_body_and_attributes(sender, stub_sqs, spool, make_envelope):
+    envelopes = [make_envelope(uri=f"s3://bucket/{n}", second=n) for n in range(3)]
+
+    assert sender.deliver_batch([(e, spool.write(e)) for e in envelopes]) == [Outcome.SENT] * 3
+
+    for envelope, message in zip(envelopes, stub_sqs.sent):
+        assert json.loads(message["MessageBody"]) == envelope
+        assert message["MessageAttributes"]["event_id"]["StringValue"] == envelope["id"]
+        assert message["MessageAttributes"]["uri"]["StringValue"] == envelope["uri"]
+    assert spool.count() == 0
+
+
+def test_flush_sends_in_batches_of_at_most_ten(spool, make_envelope):
+    for second in range(21):
+        spool.write(make_envelope(second=second))
+    client = StubSqs()
+
+    flushed = make_sender(spool, client).flush()
+
+    assert (flushed.sent, flushed.remaining, flushed.failed) == (21, 0, False)
+    assert client.batch_calls == [10, 10]  # and the last one alone, as a plain SendMessage
+    assert client.calls == 3
+    assert [json.loads(body)["emitted_at"][17:19] for body in client.bodies] == [f"{s:02d}" for s in range(21)]
+
+
+def test_flush_stops_after_a_batch_with_a_failed_entry_and_keeps_it(spool, make_envelope):
+    envelopes = [make_envelope(second=second) for second in range(15)]
+    for envelope in envelopes:
+        spool.write(envelope)
+    client = StubSqs(refuse_entries={envelopes[3]["id"]: "InternalError"})
+
+    flushed = make_sender(spool, client).flush()
+
+    assert (flushed.sent, flushed.remaining, flushed.failed) == (9, 6, True)
+    assert client.batch_calls == [10]
+    kept = [*envelopes[10:], envelopes[3]]
+    assert sorted(spool.read(p)["id"] for p in spool.pending()) == sorted(e["id"] for e in kept)
+
+
+def test_batch_refused_as_a_whole_is_sent_one_by_one(spool, make_envelope):
+    class NoBatches(StubSqs):
+        def send_message_batch(self, **kwargs):
+            raise client_error("AWS.SimpleQueueService.BatchRequestTooLong")
+
+    client = NoBatches()
+    envelopes = [make_envelope(second=s) for s in range(3)]
+
+    outcomes = make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+
+    assert outcomes == [Outcome.SENT] * 3
+    assert len(client.sent) == 3
+    assert spool.count() == 0
+
+
+def test_batch_that_fails_as_a_whole_keeps_every_envelope_spooled(spool, make_envelope):
+    client = StubSqs(fail=connection_error())
+    envelopes = [make_envelope(second=s) for s in range(12)]
+
+    outcomes = make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+
+    assert outcomes == [Outcome.RETRY] * 12
+    assert client.calls == 1  # the second batch is not tried against a queue that just failed
+    assert len(spool.pending()) == 12
+
+
+def test_large_envelopes_are_split_under_the_batch_size_limit(spool, make_envelope):
+    envelopes = [make_envelope(second=s) for s in range(5)]
+    for envelope in envelopes:
+        envelope["extra"] = {"blob": "x" * 100_000}
+    client = StubSqs()
+
+    make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+
+    assert len(client.sent) == 5
+    assert client.batch_calls == [2, 2]  # two fit in SQS's 256 KiB, three do not; the fifth goes alone
+    assert spool.count() == 0
+
+
+def test_sends_reuse_one_worker_thread(spool, make_envelope):
+    threads: set[int] = set()
+
+    class Recording(StubSqs):
+        def send_message(self, **kwargs):
+            threads.add(threading.get_ident())
+            return super().send_message(**kwargs)
+
+    sender = make_sender(spool, Recording())
+    for second in range(5):
+        assert sender.send(make_envelope(second=second)) is True
+
+    assert len(threads) == 1
+
+
+def test_a_send_stuck_past_its_budget_does_not_block_the_next_one(spool, make_envelope):
+    calls = []
+
+    class FirstHangs(StubSqs):
+        def send_message(self, **kwargs):
+            calls.append(kwargs)
+            if len(calls) == 1:
+                time.sleep(2.0)
+            return super().send_message(**kwargs)
+
+    sender = make_sender(spool, FirstHangs(), budget_s=0.3)
+    assert sender.send(make_envelope(second=1)) is False
+
+    started = time.monotonic()
+    assert sender.send(make_envelope(second=2)) is True
+    assert time.monotonic() - started < 1.0

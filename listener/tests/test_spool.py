@@ -207,3 +207,28 @@ def test_bound_counts_what_other_processes_wrote(tmp_path, make_envelope):
 
     assert here.write(make_envelope(second=4)) is None
     assert here.count() == 3
+
+
+def test_write_of_a_new_id_skips_the_lookups_but_is_the_same_file(spool, make_envelope):
+    envelope = make_envelope()
+
+    path = spool.write(envelope, unique=True)
+
+    assert path == spool.directory / f"{1795474800123456000:020d}-{envelope['id']}.json"
+    assert json.loads(path.read_text()) == envelope
+    assert [p.name for p in spool.directory.iterdir() if p.is_file()] == [path.name]
+
+
+def test_spool_directory_removed_under_a_running_process_is_made_again(spool, make_envelope):
+    spool.write(make_envelope(second=1))
+    for path in [*spool.inflight_dir.iterdir(), *spool.directory.iterdir()]:
+        if path.is_file():
+            path.unlink()
+    spool.inflight_dir.rmdir()
+    spool.directory.rmdir()
+
+    path = spool.write(make_envelope(second=2), unique=True)
+
+    assert path is not None
+    assert path.is_file()
+    assert spool.claim(path) == spool.inflight_dir / path.name

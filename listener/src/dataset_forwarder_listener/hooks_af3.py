@@ -10,7 +10,8 @@ event is never forwarded twice on 3.2+ (where both fire).
 from __future__ import annotations
 
 import logging
-import uuid
+import os
+import random
 from typing import Any
 
 from airflow.listeners import hookimpl
@@ -33,6 +34,18 @@ def _asset_hookspec_has(name: str) -> bool:
 
 HAS_EVENT_HOOK = _asset_hookspec_has("on_asset_event_emitted")
 
+# Keys unique to a hook call. Not uuid4: it reads os.urandom, a system call that releases the GIL
+# in the api-server's request path (see Spool.write). Seeded from os.urandom once, and again in a
+# forked child so that two workers never draw the same keys.
+_call_keys = random.Random()  # noqa: S311 (unique keys, not secrets)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_call_keys.seed)
+
+
+def call_key() -> str:
+    """A random 128-bit key in hex, new for every call."""
+    return f"{_call_keys.getrandbits(128):032x}"
+
 
 def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
     """Read ``airflow.listeners.types.AssetEvent`` (3.2+): asset, extra, source ids.
@@ -51,14 +64,14 @@ def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
         task_id=asset_event.source_task_id,
         run_id=asset_event.source_run_id,
         map_index=asset_event.source_map_index,
-        event_key=str(db_id) if db_id is not None else uuid.uuid4().hex,
+        event_key=str(db_id) if db_id is not None else call_key(),
         timestamp=getattr(asset_event, "timestamp", None),
     )
 
 
 def event_from_asset(asset: Any) -> UpstreamEvent:
     """Read the asset given to ``on_asset_changed`` (3.0/3.1): uri and name, nothing about the event."""
-    return UpstreamEvent(uri=asset.uri, name=getattr(asset, "name", None), event_key=uuid.uuid4().hex)
+    return UpstreamEvent(uri=asset.uri, name=getattr(asset, "name", None), event_key=call_key())
 
 
 class AssetListener:

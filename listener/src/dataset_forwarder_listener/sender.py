@@ -18,7 +18,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 # Refusals that are about the message itself (too large, bad characters): sending it again can
 # never succeed. Everything else (throttling, credentials, a missing queue, KMS) may heal.
 PERMANENT_ERRORS = frozenset({"InvalidMessageContents", "InvalidParameterValue", "InvalidAttributeValue"})
+# Errors about a SendMessageBatch request as a whole, not about its messages.
+BATCH_ERRORS = frozenset(
+    {"BatchRequestTooLong", "TooManyEntriesInBatchRequest", "BatchEntryIdsNotDistinct", "InvalidBatchEntryId"}
+)
+MAX_BATCH = 10  # entries SQS takes in one SendMessageBatch
+MAX_BATCH_BYTES = 256 * 1024  # the request's size limit on every queue
 _REGION_IN_URL = re.compile(r"^https?://(?:sqs[.-])?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com", re.I)
 
 
@@ -44,6 +50,7 @@ class Outcome(enum.Enum):
 class Result:
     outcome: Outcome
     detail: str = ""
+    code: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,25 +81,86 @@ def default_client_factory(queue_url: str) -> Callable[[], Any]:
     return create
 
 
+class _Worker:
+    """One daemon thread that runs the SQS calls handed to it, one after the other.
+
+    A thread per call would cost a thread start (and the GIL hand-offs that go with it) per event,
+    in the process whose request path the listener must not slow down.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="dataset-forwarder-send", daemon=True).start()
+
+    def run(self, call: Callable[[], None]) -> None:
+        self._calls.put(call)
+
+    def retire(self) -> None:
+        """Stop after the calls already handed over (the current one may be stuck for a while)."""
+        self._calls.put(None)
+
+    def _run(self) -> None:
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            call()
+
+
 class SqsTransport:
-    """Sends one envelope to the queue; bounded by a timeout whatever the network or credentials do."""
+    """Sends envelopes to the queue; bounded by a timeout whatever the network or credentials do."""
 
     def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None) -> None:
         self.queue_url = queue_url
         self._factory = client_factory or default_client_factory(queue_url)
         self._client: Any = None
+        self._client_pid = 0
+        self._worker: _Worker | None = None
         self._lock = threading.Lock()
 
     def send(self, envelope: Envelope, timeout_s: float) -> Result:
         """Send ``envelope``; never raises, returns within ``timeout_s`` (the call may finish later)."""
+        answer = self._call(lambda client: self._send_one(client, envelope), timeout_s)
+        return answer if isinstance(answer, Result) else Result(Outcome.RETRY, f"unexpected answer {answer!r}")
+
+    def send_batch(self, envelopes: Sequence[Envelope], timeout_s: float) -> list[Result]:
+        """Send ``envelopes`` in as few calls as SQS allows; one result per envelope, in order.
+
+        Never raises and returns within ``timeout_s``. Each envelope keeps its own body and
+        attributes; SQS accepts or refuses each entry on its own. After a call that failed as a
+        whole and may heal, the envelopes not tried yet get the same answer without a try.
+        """
+        deadline = time.monotonic() + timeout_s
+        results: list[Result] = []
+        for chunk in _chunks(envelopes):
+            if results and results[-1].outcome is Outcome.RETRY:
+                results.extend([results[-1]] * len(chunk))  # the queue just failed: no point trying again now
+                continue
+            results.extend(self._send_chunk(chunk, deadline))
+        return results
+
+    def _send_chunk(self, chunk: Sequence[Envelope], deadline: float) -> list[Result]:
+        if len(chunk) == 1:
+            return [self.send(chunk[0], deadline - time.monotonic())]
+        answer = self._call(lambda client: self._send_batch_now(client, chunk), deadline - time.monotonic())
+        if isinstance(answer, list):
+            return answer
+        if answer.outcome is Outcome.REJECTED or answer.code.rsplit(".", 1)[-1] in BATCH_ERRORS:
+            # Refused as a batch: that says nothing sure about each message, so each gets its own answer.
+            return [self.send(envelope, deadline - time.monotonic()) for envelope in chunk]
+        return [answer] * len(chunk)
+
+    def _call(self, call: Callable[[Any], Any], timeout_s: float) -> Any:
+        """``call(client)`` on the worker thread: its return value, or a Result for an error or no answer."""
         if timeout_s <= 0:
             return Result(Outcome.RETRY, "no time left in the budget")
-        box: list[Result] = []
+        box: list[Any] = []
         done = threading.Event()
 
-        def call() -> None:
+        def run() -> None:
             try:
-                box.append(self._send_now(envelope))
+                box.append(call(self._client_now()))
             except Exception as exc:
                 box.append(_classify(exc))
             finally:
@@ -100,16 +168,33 @@ class SqsTransport:
 
         # botocore's timeouts do not cover DNS or fetching credentials, so the budget is enforced
         # here; a daemon thread never delays the interpreter's exit.
-        threading.Thread(target=call, name="dataset-forwarder-send", daemon=True).start()
+        worker = self._current_worker()
+        worker.run(run)
         if not done.wait(timeout_s):
+            self._retire(worker)  # stuck: later calls go to a new worker
             return Result(Outcome.RETRY, f"no answer from SQS within {timeout_s:.1f}s")
         return box[0]
 
-    def _send_now(self, envelope: Envelope) -> Result:
+    def _current_worker(self) -> _Worker:
         with self._lock:
-            if self._client is None:
-                self._client = self._factory()
-            client = self._client
+            if self._worker is None or self._worker.pid != os.getpid():
+                self._worker = _Worker()  # first call, or a forked child: the parent's thread is not here
+            return self._worker
+
+    def _retire(self, worker: _Worker) -> None:
+        with self._lock:
+            if self._worker is worker:
+                self._worker = None
+        worker.retire()
+
+    def _client_now(self) -> Any:
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                # A forked child does not share its parent's client (its pooled connections are the parent's).
+                self._client, self._client_pid = self._factory(), os.getpid()
+            return self._client
+
+    def _send_one(self, client: Any, envelope: Envelope) -> Result:
         client.send_message(
             QueueUrl=self.queue_url,
             MessageBody=dumps(envelope),
@@ -117,14 +202,61 @@ class SqsTransport:
         )
         return Result(Outcome.SENT)
 
+    def _send_batch_now(self, client: Any, chunk: Sequence[Envelope]) -> list[Result]:
+        # Entry ids are positions: envelope ids are unique per event, but one batch could hold a copy twice.
+        answer = client.send_message_batch(
+            QueueUrl=self.queue_url,
+            Entries=[
+                {"Id": str(index), "MessageBody": dumps(envelope), "MessageAttributes": message_attributes(envelope)}
+                for index, envelope in enumerate(chunk)
+            ],
+        )
+        results = [Result(Outcome.RETRY, "SQS did not answer for this entry")] * len(chunk)
+        for entry in answer.get("Successful") or ():
+            results[int(entry["Id"])] = Result(Outcome.SENT)
+        for entry in answer.get("Failed") or ():
+            code = str(entry.get("Code") or "")
+            detail = f"{code}: {entry.get('Message') or ''}"
+            outcome = Outcome.REJECTED if _is_permanent(code) else Outcome.RETRY
+            results[int(entry["Id"])] = Result(outcome, detail, code)
+        return results
+
+
+def _chunks(envelopes: Sequence[Envelope]) -> Iterator[list[Envelope]]:
+    """Envelopes in groups SQS takes in one SendMessageBatch: at most 10, and under its size limit."""
+    chunk: list[Envelope] = []
+    size = 0
+    for envelope in envelopes:
+        weight = _weight(envelope)
+        if chunk and (len(chunk) == MAX_BATCH or size + weight > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(envelope)
+        size += weight
+    if chunk:
+        yield chunk
+
+
+def _weight(envelope: Envelope) -> int:
+    """What an envelope counts against a batch's size limit: its body and its attributes, in bytes."""
+    attributes = message_attributes(envelope)
+    return len(dumps(envelope)) + sum(
+        len(name) + len(value["DataType"]) + len(value["StringValue"].encode("utf-8"))
+        for name, value in attributes.items()
+    )
+
 
 def _classify(exc: Exception) -> Result:
     error = getattr(exc, "response", None)
     code = str(((error or {}).get("Error") or {}).get("Code") or "")
     detail = f"{type(exc).__name__}: {exc}"
-    if code.rsplit(".", 1)[-1] in PERMANENT_ERRORS:
-        return Result(Outcome.REJECTED, detail)
-    return Result(Outcome.RETRY, detail)
+    if _is_permanent(code):
+        return Result(Outcome.REJECTED, detail, code)
+    return Result(Outcome.RETRY, detail, code)
+
+
+def _is_permanent(code: str) -> bool:
+    return code.rsplit(".", 1)[-1] in PERMANENT_ERRORS
 
 
 class Sender:
@@ -164,12 +296,34 @@ class Sender:
 
     def deliver(self, envelope: Envelope, path: Path | None, deadline: float | None = None) -> Outcome:
         """Send an envelope already spooled at ``path`` (None: could not be spooled) and settle its file."""
-        claimed = None
-        if path is not None:
-            claimed = self.spool.claim(path)
-            if claimed is None:
-                return Outcome.SENT  # another process took it, or a flush already sent it
-        result = self.transport.send(envelope, self._timeout(deadline))
+        return self.deliver_batch([(envelope, path)], deadline)[0]
+
+    def deliver_batch(
+        self, items: Sequence[tuple[Envelope, Path | None]], deadline: float | None = None
+    ) -> list[Outcome]:
+        """``deliver`` for several envelopes in as few calls as SQS allows; one outcome per item.
+
+        Each file is settled by its own entry's answer: removed when SQS accepted that entry,
+        parked when it refused it for good, and otherwise left spooled for a later flush.
+        """
+        outcomes = [Outcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
+        todo: list[tuple[int, Envelope, Path | None]] = []
+        for index, (envelope, path) in enumerate(items):
+            claimed = None
+            if path is not None:
+                claimed = self.spool.claim(path)
+                if claimed is None:
+                    continue
+            todo.append((index, envelope, claimed))
+        if not todo:
+            return outcomes
+        results = self.transport.send_batch([envelope for _, envelope, _ in todo], self._timeout(deadline))
+        for (index, envelope, claimed), result in zip(todo, results):
+            self._settle(envelope, claimed, result)
+            outcomes[index] = result.outcome
+        return outcomes
+
+    def _settle(self, envelope: Envelope, claimed: Path | None, result: Result) -> None:
         if result.outcome is Outcome.SENT:
             if claimed is not None:
                 self.spool.remove(claimed)
@@ -194,7 +348,6 @@ class Sender:
                 envelope["uri"],
                 result.detail,
             )
-        return result.outcome
 
     def flush(self, limit: int | None = None, deadline: float | None = None) -> Flushed:
         """Send spooled envelopes oldest first, deleting each once SQS has it; stop at the first failure."""
@@ -202,26 +355,35 @@ class Sender:
         todo = paths if limit is None else paths[:limit]
         sent = settled = 0
         failed = False
-        for path in todo:
+        for start in range(0, len(todo), MAX_BATCH):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            claimed = self.spool.claim(path)
-            envelope = self.spool.read(claimed) if claimed is not None else None
-            if claimed is None or envelope is None:
-                settled += 1
+            batch: list[tuple[Path, Envelope]] = []
+            for path in todo[start : start + MAX_BATCH]:
+                claimed = self.spool.claim(path)
+                envelope = self.spool.read(claimed) if claimed is not None else None
+                if claimed is None or envelope is None:
+                    settled += 1
+                    continue
+                batch.append((claimed, envelope))
+            if not batch:
                 continue
-            result = self.transport.send(envelope, self._timeout(deadline))
-            if result.outcome is Outcome.RETRY:
-                self.spool.release(claimed)
-                log.warning("Flushing the spool stopped: %s", result.detail)
-                failed = True
+            results = self.transport.send_batch([envelope for _, envelope in batch], self._timeout(deadline))
+            for (claimed, _), result in zip(batch, results):
+                if result.outcome is Outcome.RETRY:
+                    self.spool.release(claimed)
+                    if not failed:
+                        log.warning("Flushing the spool stopped: %s", result.detail)
+                    failed = True
+                    continue
+                settled += 1
+                if result.outcome is Outcome.SENT:
+                    self.spool.remove(claimed)
+                    sent += 1
+                else:
+                    self.spool.reject(claimed, result.detail)
+            if failed:
                 break
-            settled += 1
-            if result.outcome is Outcome.SENT:
-                self.spool.remove(claimed)
-                sent += 1
-            else:
-                self.spool.reject(claimed, result.detail)
         if sent:
             log.info("Sent %d spooled dataset events to SQS.", sent)
         return Flushed(sent=sent, remaining=len(paths) - settled, failed=failed)
@@ -244,9 +406,15 @@ _STOP = object()
 class BackgroundSender:
     """Background mode: ``submit`` costs a spool write and a queue put; a daemon thread does the sending.
 
-    The thread sends each queued envelope, and catches up on older spooled files when it starts
-    and after a success. After a failure it backs off (doubling, capped) and leaves new envelopes
-    in the spool meanwhile, so a dead queue costs one bounded attempt per back-off period.
+    The thread sends queued envelopes in batches, and catches up on older spooled files when it
+    starts and after a success. After a failure it backs off (doubling, capped) and leaves new
+    envelopes in the spool meanwhile, so a dead queue costs one bounded attempt per back-off period.
+
+    The thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client
+    or a request is CPU work that delays every system call the caller makes meanwhile by up to a
+    switch interval. So it starts that work in a pause between ``submit`` calls (``pause_s``
+    without one), or once the oldest waiting envelope has waited ``max_wait_s``; the envelopes are
+    on disk all the while.
     """
 
     def __init__(
@@ -258,8 +426,12 @@ class BackgroundSender:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         flush_batch: int = 100,
+        pause_s: float = 0.05,
+        max_wait_s: float = 1.0,
     ) -> None:
         self.sender = sender
+        self.pause_s = pause_s
+        self.max_wait_s = max_wait_s
         self.close_timeout_s = close_timeout_s
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -272,6 +444,7 @@ class BackgroundSender:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._overflow = False
+        self._submitted_at = 0.0
         # Owned by the thread:
         self._backlog = True  # files left by an earlier process may be waiting
         self._retry_at = 0.0
@@ -279,7 +452,8 @@ class BackgroundSender:
 
     def submit(self, envelope: Envelope) -> None:
         """Spool ``envelope`` and queue it for the thread; never blocks."""
-        path = self.sender.spool.write(envelope)
+        path = self.sender.spool.write(envelope, unique=True)
+        self._submitted_at = time.monotonic()
         self._ensure_started()
         try:
             self._queue.put_nowait(_Item(envelope, path))
@@ -327,14 +501,40 @@ class BackgroundSender:
                 item = self._next()
                 if item is _STOP:
                     return
-                if isinstance(item, _Item):
-                    self._deliver(item)
+                items = [item] if isinstance(item, _Item) else []
+                stop = self._await_pause(items)
+                for start in range(0, len(items), MAX_BATCH):
+                    self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
                 if self._overflow:
                     self._backlog, self._overflow = True, False
-                if self._backlog and not self._stopping.is_set() and time.monotonic() >= self._retry_at:
-                    self._catch_up()
+                if self._backlog and time.monotonic() >= self._retry_at:
+                    self._catch_up()  # also while closing: within the close budget, older files go out too
+                if stop:
+                    return
         except Exception:
             log.exception("The dataset forwarder's sender thread stopped; unsent events stay spooled.")
+
+    def _await_pause(self, items: list[_Item]) -> bool:
+        """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued
+        meanwhile to ``items``; True when the thread is to stop after sending them."""
+        started = time.monotonic()
+        while len(items) < self._queue_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                now = time.monotonic()
+                calm, waited = now - self._submitted_at, now - started
+                if self._stopping.is_set() or calm >= self.pause_s or waited >= self.max_wait_s:
+                    return False
+                try:
+                    item = self._queue.get(timeout=min(self.pause_s - calm, self.max_wait_s - waited))
+                except queue.Empty:
+                    continue
+            if item is _STOP:
+                return True
+            if isinstance(item, _Item):
+                items.append(item)
+        return False
 
     def _next(self) -> object:
         """The next queued item; None when it is time to catch up; _STOP when closing time is over."""
@@ -352,19 +552,25 @@ class BackgroundSender:
         except queue.Empty:
             return None
 
-    def _deliver(self, item: _Item) -> None:
-        if item.path is not None and time.monotonic() < self._retry_at:
-            self._backlog = True  # backing off: it waits in the spool
-            return
+    def _deliver(self, items: list[_Item]) -> None:
+        """Send one batch, unless backing off (then only what could not be spooled is tried)."""
+        if time.monotonic() < self._retry_at:
+            if any(item.path is not None for item in items):
+                self._backlog = True  # spooled: it waits for the catch-up after the back-off
+            items = [item for item in items if item.path is None]
+            if not items:
+                return
         deadline = self._stop_deadline if self._stopping.is_set() else None
-        if self.sender.deliver(item.envelope, item.path, deadline) is Outcome.RETRY:
+        outcomes = self.sender.deliver_batch([(item.envelope, item.path) for item in items], deadline)
+        if Outcome.RETRY in outcomes:
             self._backlog = True
             self._back_off()
         else:
             self._backoff = self.min_backoff_s
 
     def _catch_up(self) -> None:
-        flushed = self.sender.flush(limit=self.flush_batch)
+        deadline = self._stop_deadline if self._stopping.is_set() else None
+        flushed = self.sender.flush(limit=self.flush_batch, deadline=deadline)
         if flushed.failed:
             self._back_off()
         else:

@@ -30,7 +30,7 @@ class Gate(enum.Enum):
 
 @dataclass(frozen=True)
 class Request:
-    event_id: str | None
+    event_ids: tuple[str, ...]  # the envelopes a SendMessage or SendMessageBatch carried
     gate: Gate
 
 
@@ -64,10 +64,15 @@ class SqsProxy:
         with self._lock:
             self._gate, self._passes_left = gate, after
 
-    def ids(self, gate: Gate) -> list[str | None]:
-        """Event ids of the requests that met ``gate`` so far (SWALLOW: only once SQS has answered)."""
+    def ids(self, gate: Gate) -> list[str]:
+        """Event ids in the requests that met ``gate`` so far (SWALLOW: only once SQS has answered)."""
         with self._lock:
-            return [r.event_id for r in self.requests if r.gate is gate]
+            return [event_id for r in self.requests if r.gate is gate for event_id in r.event_ids]
+
+    def count(self, gate: Gate) -> int:
+        """Requests that met ``gate`` so far (a batch counts once)."""
+        with self._lock:
+            return sum(1 for r in self.requests if r.gate is gate)
 
     def close(self) -> None:
         self._stopping.set()  # held requests end without an answer; they are never forwarded
@@ -82,9 +87,9 @@ class SqsProxy:
                 return Gate.PASS
             return self._gate
 
-    def _record(self, event_id: str | None, gate: Gate) -> None:
+    def _record(self, event_ids: tuple[str, ...], gate: Gate) -> None:
         with self._lock:
-            self.requests.append(Request(event_id, gate))
+            self.requests.append(Request(event_ids, gate))
 
     def _forward(
         self, method: str, path: str, headers: dict[str, str], body: bytes
@@ -105,15 +110,15 @@ class SqsProxy:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                event_id = _event_id(body)
+                event_ids = _event_ids(body)
                 gate = proxy._decide()
                 if gate is Gate.HOLD:
-                    proxy._record(event_id, gate)
+                    proxy._record(event_ids, gate)
                     self._stall()
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 status, answer_headers, answer = proxy._forward(self.command, self.path, headers, body)
-                proxy._record(event_id, gate)
+                proxy._record(event_ids, gate)
                 if gate is Gate.SWALLOW:
                     self._stall()
                     return
@@ -142,14 +147,16 @@ class SqsProxy:
         return Handler
 
 
-def _event_id(body: bytes) -> str | None:
-    """The envelope id inside a SendMessage request (JSON or query protocol); None for other calls."""
+def _event_ids(body: bytes) -> tuple[str, ...]:
+    """The envelope ids inside a SendMessage or SendMessageBatch request (JSON or query protocol)."""
     try:
         text = body.decode("utf-8")
         if text.startswith("{"):
-            message = json.loads(text).get("MessageBody")
+            request = json.loads(text)
+            bodies = [request.get("MessageBody")] + [e.get("MessageBody") for e in request.get("Entries") or ()]
         else:
-            message = next(iter(parse_qs(text).get("MessageBody", [])), None)
-        return str(json.loads(message)["id"]) if message else None
-    except (ValueError, KeyError, TypeError):
-        return None
+            fields = parse_qs(text)
+            bodies = [value for key, values in fields.items() if key.endswith("MessageBody") for value in values]
+        return tuple(str(json.loads(message)["id"]) for message in bodies if message)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return ()
