@@ -175,9 +175,7 @@ class Forwarder:
         if self._seconds_left() < needed_s:
             why = f"not started: less than {needed_s:g}s left in this invocation"
             # on a retry, an earlier try may have landed: we did not get as far as checking
-            failure = DeliveryFailed(
-                TIMEOUT, f"{UNCONFIRMED}: {why}" if verify_first(message, envelope) else why, transient=True
-            )
+            failure = DeliveryFailed(TIMEOUT, why, transient=True, may_have_landed=verify_first(message, envelope))
             return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
@@ -192,7 +190,7 @@ class Forwarder:
         except DeliveryFailed as exc:
             failure = exc
         except AlreadyInFlight as exc:  # that copy may deliver (or have delivered) it: unconfirmed either way
-            failure = DeliveryFailed(TIMEOUT, f"{UNCONFIRMED}: {exc}", transient=True)
+            failure = DeliveryFailed(TIMEOUT, str(exc), transient=True, may_have_landed=True)
         except Exception as exc:  # the idempotency table or a bug: never post without the ledger
             log.exception("delivery bookkeeping failed", extra=context)
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
@@ -215,10 +213,7 @@ class Forwarder:
         except DeliveryFailed as exc:
             # The operator must know that this pair may be delivered already; a redrive checks again first.
             raise DeliveryFailed(
-                exc.error,
-                f"{UNCONFIRMED}: {exc.detail}",
-                transient=exc.transient,
-                retry_after_s=exc.retry_after_s,
+                exc.error, exc.detail, transient=exc.transient, retry_after_s=exc.retry_after_s, may_have_landed=True
             ) from None
 
     def _after_failure(
@@ -237,9 +232,7 @@ class Forwarder:
             return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
             return Settlement(target, DUPLICATE_OUTCOME)
-        detail = failure.detail
-        if failure.may_have_landed and not detail.startswith(UNCONFIRMED):
-            detail = f"{UNCONFIRMED}: {detail}"
+        detail = f"{UNCONFIRMED}: {failure.detail}" if failure.may_have_landed else failure.detail
         try:
             self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, detail)
         except Exception as exc:

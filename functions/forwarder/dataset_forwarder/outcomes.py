@@ -23,8 +23,9 @@ INVALID_TARGET = "invalid_target"
 class DeliveryFailed(Exception):
     """A delivery did not succeed; `error` is the dead-letter error code, `detail` is secret-free.
 
-    `may_have_landed`: the POST left and its answer was lost (a timeout or a reset while waiting), so the
-    target may hold the event although we could not see it.
+    `may_have_landed`: the target may hold the event although we could not see it: the POST left and its answer
+    was lost (a timeout or a reset while waiting), or an earlier ambiguous try could not be checked. A dead letter
+    for such a failure is marked unconfirmed.
     """
 
     def __init__(
