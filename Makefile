@@ -7,7 +7,7 @@ VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test lint unit integration listener-test e2e chaos bench bench-smoke venv demo demo-down clean-venvs
+.PHONY: test lint unit integration listener-test e2e e2e-latency chaos bench bench-smoke venv demo demo-down clean-venvs
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -59,6 +59,9 @@ bench-smoke: venv ## a tiny run of every benchmark (part of make test)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+e2e-latency: venv ## the e2e module, recording its latency table in bench/results/e2e_latency.json
+	E2E_LATENCY_OUT=$(CURDIR)/bench/results/e2e_latency.json $(PY) -m pytest tests/e2e/test_end_to_end.py $(PYTEST_ARGS)
 
 demo: venv ## upstream Airflow 3 -> local stack (moto, template.yaml, real handler) -> downstream Airflow 3, with a DLQ redrive
 	$(PY) demo/run_demo.py

@@ -74,7 +74,25 @@ def test_quick_throughput_run_measures_ours_and_the_baseline_for_each_target_cou
         first = row["first_batch"]
         assert first["wall_ms"] > 0
         assert first["requests_per_target"]["POST /api/v2/assets/events"] == records
+        assert row["downstream_cpu_ms_per_batch"] > 0
+        if row["ledger"] == "memory":  # claim, round trip, completion: no batch is shorter, no ratio higher
+            chain = round_trip["p50_ms"] + 2 * row["ledger_latency_ms"]
+            assert row["bound"]["chain_ms"] == pytest.approx(chain, abs=0.1)
+            assert row["bound"]["ratio_max"] == pytest.approx(row["baseline"]["p50_ms"] / chain, abs=0.06)
+        else:
+            assert "bound" not in row
+    parts = result["parts"]
+    assert parts["targets"] == 20
+    assert parts["pairs"] == 20 * records
+    for part in ("ledger_only", "post_only"):
+        assert parts[part]["wall"]["n"] == parts[part]["cpu"]["n"] == 2
+        assert parts[part]["cpu"]["p50_ms"] > 0
+    assert parts["ledger_only"]["wall"]["min_ms"] >= 2 * result["settings"]["ledger_latency_ms"]
+    assert parts["post_only"]["wall"]["min_ms"] >= delay_ms
+    floor = parts["ledger_only"]["cpu"]["p50_ms"] + parts["post_only"]["cpu"]["p50_ms"]
+    assert parts["cpu_floor_ms"] == pytest.approx(floor, abs=0.1)
     assert "| targets | ledger |" in table
+    assert "the parts alone, 200 pairs at once" in table
 
 
 def test_quick_cold_start_run_compares_our_handler_with_the_straightforward_one(tmp_path: Path) -> None:
