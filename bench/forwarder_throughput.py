@@ -294,6 +294,7 @@ class Parts:
         from concurrent.futures import ThreadPoolExecutor
 
         from dataset_forwarder import runtime
+        from dataset_forwarder.envelope import parse_envelope
         from dataset_forwarder.ledger import Ledger
         from dataset_forwarder_cli.local.bootstrap import LambdaContext
         from tests.fakes.envelopes import envelope
@@ -307,9 +308,8 @@ class Parts:
         self._targets = [f"t{index:02d}" for index in range(targets)]
         self._urls = [url + EVENTS_PATH for url in lab.downstream.urls[:targets]]
         self._headers = {"Authorization": f"Bearer {token}"}
-        event = envelope(URI)
-        lineage = {"id": event["id"], "source": event["source"], "trail": []}
-        self._body = {"asset_id": 1, "extra": {**event["extra"], "dataset_forwarder": lineage}}
+        extra = parse_envelope(json.dumps(envelope(URI))).downstream_extra()  # what the forwarder posts
+        self._body = {"asset_id": 1, "extra": extra}
 
     def _claim_and_complete(self, pair: tuple[str, str]) -> None:
         self._ledger.deliver_once(pair[0], pair[1], dict)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
+from tests.e2e.listener_support import MotoSqs
 
 AIRFLOW3_VERSION = "3.3.2"
 AIRFLOW2_VERSION = "2.11.2"
@@ -51,6 +52,14 @@ def _venv(version: str) -> Path:
     venv = ensure_airflow_venv(version, listener_extras())
     print(f"\n[e2e] venv for Airflow {version}: {time.monotonic() - started:.1f} s ({venv.name})", file=sys.stderr)
     return venv
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoSqs]:
+    """moto server's SQS for one test module's listeners."""
+    server = MotoSqs()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

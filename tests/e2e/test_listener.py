@@ -91,18 +91,11 @@ with DAG("producer", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timez
 
 
 @pytest.fixture(scope="module")
-def moto() -> Iterator[MotoSqs]:
-    server = MotoSqs()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def validator() -> Draft202012Validator:
     return envelope_validator()
 
 
-def _deployment(
+def migrated_deployment(
     request: pytest.FixtureRequest, venv: Path, home: Path, name: str, producer: str, moto: MotoSqs
 ) -> Iterator[AirflowDeployment]:
     """A migrated deployment whose listener is configured for moto; its logs are printed if a test failed."""
@@ -125,14 +118,18 @@ def _deployment(
 def af3(
     request: pytest.FixtureRequest, airflow3_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
 ) -> Iterator[AirflowDeployment]:
-    yield from _deployment(request, airflow3_venv, tmp_path_factory.mktemp("af3"), AF3_NAME, AIRFLOW3_PRODUCER, moto)
+    yield from migrated_deployment(
+        request, airflow3_venv, tmp_path_factory.mktemp("af3"), AF3_NAME, AIRFLOW3_PRODUCER, moto
+    )
 
 
 @pytest.fixture(scope="module")
 def af2(
     request: pytest.FixtureRequest, airflow2_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
 ) -> Iterator[AirflowDeployment]:
-    yield from _deployment(request, airflow2_venv, tmp_path_factory.mktemp("af2"), AF2_NAME, AIRFLOW2_PRODUCER, moto)
+    yield from migrated_deployment(
+        request, airflow2_venv, tmp_path_factory.mktemp("af2"), AF2_NAME, AIRFLOW2_PRODUCER, moto
+    )
 
 
 def target(queue_url: str, spool: Path, **more: str | None) -> dict[str, str | None]:

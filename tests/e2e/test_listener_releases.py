@@ -10,16 +10,23 @@ The hook API differs between releases, and so does what the envelope can carry:
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.airflow_env import AirflowDeployment, ensure_airflow_venv
+from tests.e2e.airflow_env import ensure_airflow_venv
 from tests.e2e.conftest import listener_extras
-from tests.e2e.listener_support import MotoSqs, apply_env, dags_test, envelope_validator, listener_env, spool_leftovers
-from tests.e2e.test_listener import AIRFLOW2_PRODUCER, AIRFLOW3_PRODUCER, BEAR_EXTRA, BEARS, INCLUDE, producer_run_id
+from tests.e2e.listener_support import MotoSqs, dags_test, envelope_validator, spool_leftovers
+from tests.e2e.test_listener import (
+    AIRFLOW2_PRODUCER,
+    AIRFLOW3_PRODUCER,
+    BEAR_EXTRA,
+    BEARS,
+    migrated_deployment,
+    producer_run_id,
+    target,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +61,6 @@ def _producer(version: str) -> str:
     return AIRFLOW2_PRODUCER if version.startswith("2.") else AIRFLOW3_PRODUCER
 
 
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoSqs]:
-    server = MotoSqs()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("version", RELEASES)
 def test_release_forwards_the_producer_s_event(
     version: str, moto: MotoSqs, tmp_path: Path, request: pytest.FixtureRequest
@@ -68,14 +68,10 @@ def test_release_forwards_the_producer_s_event(
     venv = ensure_airflow_venv(version, (*listener_extras(), *PINS.get(version, ())))
     name = f"team-{version.replace('.', '-')}"
     queue, spool = moto.create_queue(name), tmp_path / "spool"
-    deployment = AirflowDeployment(venv, tmp_path / "home", name=name, dags={"producer.py": _producer(version)})
-    deployment.env = apply_env(
-        deployment.env, listener_env(moto, queue, name, spool, DATASET_FORWARDER_INCLUDE=INCLUDE)
-    )
-    failed_before = request.session.testsfailed
-    try:
-        deployment.migrate()  # with the DAGs serialized: their datasets/assets exist before the event
-        run = dags_test(deployment, "producer")
+    with contextlib.contextmanager(migrated_deployment)(
+        request, venv, tmp_path, name, _producer(version), moto
+    ) as deployment:
+        run = dags_test(deployment, "producer", **target(queue, spool))
 
         assert run.done.returncode == 0, run.tail()
         assert run.run_state == "success", run.tail()
@@ -97,7 +93,3 @@ def test_release_forwards_the_producer_s_event(
             assert (source["dag_id"], source["task_id"]) == ("producer", "get_bear")
             assert source["run_id"] == producer_run_id(run)
         assert spool_leftovers(spool) == []
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n{deployment.logs(80)}", file=sys.stderr)
-        deployment.stop()
