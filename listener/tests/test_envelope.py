@@ -77,6 +77,17 @@ def test_envelope_of_an_event_without_source_validates(envelope_validator):
     envelope_validator.validate(json.loads(dumps(envelope)))
 
 
+def test_rest_created_event_has_no_map_index_although_airflow_records_minus_one(envelope_validator):
+    # What an Airflow 3 api-server hook sees for POST /assets/events: no source ids, the column default map index.
+    rest = event(dag_id=None, task_id=None, run_id=None, map_index=-1, extra={"from_rest_api": True})
+
+    envelope = build(rest, deployment="team-a-prod", airflow_version="3.3.2", now=WHEN)
+
+    assert envelope["source"]["map_index"] is None
+    assert envelope["source"]["task_id"] is None
+    envelope_validator.validate(json.loads(dumps(envelope)))
+
+
 def test_id_is_32_hex_and_the_same_every_time_the_event_is_built():
     first = envelope_of(event())
     second = envelope_of(event())

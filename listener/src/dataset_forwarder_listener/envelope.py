@@ -76,7 +76,8 @@ def build(
             "dag_id": event.dag_id,
             "task_id": event.task_id,
             "run_id": event.run_id,
-            "map_index": event.map_index,
+            # Airflow stores its column default (-1) for an event no task made (REST API): no task, no map index.
+            "map_index": event.map_index if event.task_id is not None else None,
         },
         "emitted_at": emitted_iso,
         "trail": [*earlier, deployment],

@@ -137,16 +137,20 @@ class Spool:
             return []
 
     def count(self) -> int:
-        """Files held (waiting or being sent); the bound DATASET_FORWARDER_SPOOL_MAX applies to this."""
+        """Files held (waiting or being sent); the bound DATASET_FORWARDER_SPOOL_MAX applies to this.
+
+        Counted by name: a file claimed (moved to ``inflight/``) between the two listings is seen in both and
+        counted once.
+        """
         try:
-            waiting = sum(1 for e in os.scandir(self.directory) if _is_spooled(e.name))
-            sending = sum(1 for e in os.scandir(self.inflight_dir) if _is_spooled(e.name))
+            waiting = {e.name for e in os.scandir(self.directory) if _is_spooled(e.name)}
+            sending = {e.name for e in os.scandir(self.inflight_dir) if _is_spooled(e.name)}
         except FileNotFoundError:
             return 0
         except OSError as exc:
             log.warning("Cannot count the dataset forwarder spool %s: %s", self.directory, exc)
             return 0
-        return waiting + sending
+        return len(waiting | sending)
 
     def _held(self) -> int:
         """``count()`` without listing a large directory on every write.
