@@ -58,6 +58,8 @@ import boto3
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "cli")]  # this worktree's tests/e2e tooling and CLI
 
+from harness import REGION, aws_environment  # noqa: E402 - bench/ is this script's directory
+
 from dataset_forwarder_cli.local.poller import LAMBDA_LONG_POLL_S  # noqa: E402 - after the path is set
 from tests.e2e.airflow_env import AirflowDeployment, AirflowError, ensure_airflow_venv, poll  # noqa: E402
 from tests.e2e.local_forwarding import (  # noqa: E402
@@ -83,7 +85,6 @@ UPSTREAM, DOWNSTREAM, WATCHER = "bench-up", "bench-down", "bench-watcher"
 URI = "s3://bench/e2e-latency"
 PRODUCER, CONSUMER, WATCHER_CONSUMER = "produce_latency", "consume_latency", "consume_from_queue"
 WATCHER_QUEUE = "bench-asset-watcher"
-REGION = "us-east-1"
 GOAL_P50_S = 3.0
 SANE_TOTAL_S = 60.0  # a forwarded run slower than this is a broken setup, not a measurement
 CLOCK_SLACK_S = 0.005  # SentTimestamp and Powertools' log times have millisecond resolution; Airflow's microseconds
@@ -380,22 +381,16 @@ def measure_forwarder(world: World, runs: int, warmup: int) -> tuple[list[Timeli
 # =================================================================================================== the baseline
 
 
-def _watcher_env(endpoint: str) -> dict[str, str]:
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-    }
-
-
 def _create_queue(endpoint: str) -> str:
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION, **_credentials())
+    aws = aws_environment(endpoint)
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+    )
     return str(sqs.create_queue(QueueName=WATCHER_QUEUE)["QueueUrl"])
-
-
-def _credentials() -> dict[str, str]:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
 def _payload_envelopes(event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -420,7 +415,7 @@ def start_watcher(world: World, root: Path, poll_interval_s: int | None) -> str:
     interval = "" if poll_interval_s is None else f", waiter_delay={poll_interval_s}"
     dag = WATCHER_DAG.format(queue=queue, interval=interval, uri=URI, dag_id=WATCHER_CONSUMER)
     watcher = AirflowDeployment(
-        venv, root / "watcher", name=WATCHER, dags={f"{WATCHER_CONSUMER}.py": dag}, env=_watcher_env(endpoint)
+        venv, root / "watcher", name=WATCHER, dags={f"{WATCHER_CONSUMER}.py": dag}, env=aws_environment(endpoint)
     )
     world.started.append(watcher)
     world.downstream.stop()  # done with it: its CPU is the baseline's now
