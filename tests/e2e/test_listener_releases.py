@@ -1,9 +1,10 @@
-"""The listener in other Airflow releases it supports: 2.9, 2.10, 3.0 and 3.1 (each its newest patch).
+"""The listener in other Airflow releases it supports: 2.9, 2.10, 3.0, 3.1 and 3.2 (each its newest patch).
 
 test_listener.py covers 3.3 and 2.11 in depth; here each further minor release runs one `airflow dags test` of a
 producer with the listener installed from this checkout, and the envelope on the queue (moto server) is checked.
 The hook API differs between releases, and so does what the envelope can carry:
 - 3.0, 3.1: only `on_asset_changed` exists: the asset is forwarded, without extra or source (and a warning says so);
+- 3.2: `on_asset_event_emitted`, as in 3.3: extra and source;
 - 2.10: the task's dataset events, extra included (set here through `outlet_events`);
 - 2.9: the same hook path; `outlet_events` does not exist yet, so the event's extra is empty.
 """
@@ -30,13 +31,16 @@ from tests.e2e.test_listener import (
 
 pytestmark = pytest.mark.e2e
 
-RELEASES = ("2.9.3", "2.10.5", "3.0.6", "3.1.8")
+RELEASES = ("2.9.3", "2.10.5", "3.0.6", "3.1.8", "3.2.2")
 # Installed without Airflow's constraint files (not reachable here), a release gets today's dependencies, which it
-# may predate: 3.0.6's execution API then rejects its own task's state update (422). Pinned back to what its
-# constraints had; a deployment installs with constraints anyway. 3.2.2 is not here: with today's FastAPI, cadwyn
-# or pydantic its own `dags test` fails before any listener runs, and no pin tried here repaired it (its hook API,
-# on_asset_event_emitted, is the one 3.3 has, which test_listener.py covers).
-PINS: dict[str, tuple[str, ...]] = {"3.0.6": ("pydantic==2.11.7", "fastapi==0.116.1")}
+# may predate, and its own `dags test` fails before any listener runs: 3.0.6's execution API rejects its task's
+# state update (422); 3.2.2's execution API fails to build its models with today's FastAPI (a discriminated union)
+# and, with an older FastAPI, finds no `svcs_registry` with svcs 26. Pinned back to releases of its time; a
+# deployment installs with constraints anyway.
+PINS: dict[str, tuple[str, ...]] = {
+    "3.0.6": ("pydantic==2.11.7", "fastapi==0.116.1"),
+    "3.2.2": ("fastapi==0.136.3", "svcs==25.1.0"),
+}
 NO_EVENT_HOOK_WARNING = "no on_asset_event_emitted"
 
 AIRFLOW29_PRODUCER = f"""
@@ -89,6 +93,7 @@ def test_release_forwards_the_producer_s_event(
             assert source["dag_id"] is None
             assert NO_EVENT_HOOK_WARNING in run.output, run.tail()
         else:
+            assert NO_EVENT_HOOK_WARNING not in run.output, run.tail()
             assert body["extra"] == ({} if release == (2, 9) else BEAR_EXTRA)
             assert (source["dag_id"], source["task_id"]) == ("producer", "get_bear")
             assert source["run_id"] == producer_run_id(run)
