@@ -219,6 +219,67 @@ def test_airflow_2_sends_the_try_s_events_before_the_hook_returns(af2, envelope_
         envelope_validator.validate(envelope)
 
 
+def rest_event(event_id=7):
+    """A DatasetEvent row as the REST API makes it: no source ids, the map index column's default."""
+    return types.SimpleNamespace(
+        id=event_id, extra={"rows": 5, "from_rest_api": True}, source_dag_id=None, source_task_id=None,
+        source_run_id=None, source_map_index=-1, timestamp=START + timedelta(seconds=9),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def forwarding_manager(af2):
+    managers = importlib.import_module("dataset_forwarder_listener.manager_af2")
+    base = managers.DatasetManager
+    base.events["s3://bucket/bears"] = rest_event()
+    return types.SimpleNamespace(
+        manager=managers.ForwardingDatasetManager(), base=base, client=af2.client, listener=af2.listener
+    )
+
+
+def bears():
+    return types.SimpleNamespace(uri="s3://bucket/bears")
+
+
+def test_airflow_2_manager_forwards_an_event_without_task_before_returning(forwarding_manager, envelope_validator):
+    returned = forwarding_manager.manager.register_dataset_change(dataset=bears(), extra={"rows": 5}, session="S")
+
+    assert returned is forwarding_manager.base.events["s3://bucket/bears"]  # Airflow's result, unchanged
+    assert forwarding_manager.base.calls == [
+        {"task_instance": None, "uri": "s3://bucket/bears", "extra": {"rows": 5}, "session": "S"}
+    ]
+    [envelope] = [json.loads(b) for b in forwarding_manager.client.bodies]
+    assert envelope["extra"] == {"rows": 5, "from_rest_api": True}
+    assert envelope["source"] == {
+        "deployment": "team-a-prod", "airflow_version": "2.11.2",
+        "dag_id": None, "task_id": None, "run_id": None, "map_index": None,
+    }  # fmt: skip
+    assert envelope["emitted_at"] == "2026-11-23T23:00:09+00:00"
+    envelope_validator.validate(envelope)
+
+
+def test_airflow_2_manager_leaves_task_events_to_the_hook_and_passes_arguments_as_given(forwarding_manager):
+    forwarding_manager.manager.register_dataset_change(task_instance=task_instance(), dataset=bears())
+    forwarding_manager.manager.register_dataset_change(dataset=types.SimpleNamespace(uri="s3://unknown"))
+
+    assert forwarding_manager.client.bodies == []  # a task's event (the hook sends it) and an unknown dataset
+    # No session passed, none invented: Airflow's @provide_session opens its own (an explicit None would not).
+    assert [call["session"] for call in forwarding_manager.base.calls] == [fake_airflow.OWN_SESSION] * 2
+
+
+def test_airflow_2_manager_returns_airflow_s_event_even_when_forwarding_raises(forwarding_manager, monkeypatch, caplog):
+    def broken(events):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(forwarding_manager.listener, "forward", broken)
+
+    with caplog.at_level(logging.WARNING):
+        returned = forwarding_manager.manager.register_dataset_change(dataset=bears())
+
+    assert returned is forwarding_manager.base.events["s3://bucket/bears"]  # the REST call still succeeds
+    assert "register_dataset_change failed" in caplog.text
+
+
 def test_airflow_2_ids_follow_the_db_row_so_a_resend_is_recognised(af2):
     ti = task_instance()
     af2.manager.hook.on_task_instance_success(previous_state=None, task_instance=ti, session="S")

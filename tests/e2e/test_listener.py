@@ -12,6 +12,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,16 @@ def check_envelope(
     assert message.attributes == {"uri": uri, "event_id": body["id"], "source_deployment": deployment.name}
 
 
+def post_loop_filter_and_forwarded_events(deployment: AirflowDeployment) -> None:
+    """Three REST events of which only the last (extra rows=3) may be sent."""
+    # Came back to this deployment through another one: must not go round again.
+    deployment.create_asset_event(BEARS, extra={"rows": 1, "dataset_forwarder": {"trail": ["team-z", deployment.name]}})
+    # Outside DATASET_FORWARDER_INCLUDE.
+    deployment.create_asset_event(FISH, extra={"rows": 2})
+    # Forwarded into this deployment by team-z: goes on, with this deployment added to the trail.
+    deployment.create_asset_event(BEARS, extra={"rows": 3, "dataset_forwarder": {"id": "x", "trail": ["team-z"]}})
+
+
 def assert_succeeded(run: DagsTest) -> None:
     assert run.done.returncode == 0, run.tail()
     assert run.run_state == "success", run.tail()
@@ -310,12 +321,7 @@ class TestAirflow3ApiServer:
         self, af3_live: Live, moto: MotoSqs, validator: Draft202012Validator
     ) -> None:
         deployment = af3_live.deployment
-        # Came back to team-a through another deployment: must not go round again.
-        deployment.create_asset_event(BEARS, extra={"rows": 1, "dataset_forwarder": {"trail": ["team-z", AF3_NAME]}})
-        # Outside DATASET_FORWARDER_INCLUDE.
-        deployment.create_asset_event(FISH, extra={"rows": 2})
-        # Forwarded into team-a by team-z: goes on, with team-a added to the trail.
-        deployment.create_asset_event(BEARS, extra={"rows": 3, "dataset_forwarder": {"id": "x", "trail": ["team-z"]}})
+        post_loop_filter_and_forwarded_events(deployment)
 
         seen: list[Message] = []
         moto.wait_for(
@@ -405,6 +411,65 @@ def test_airflow2_queue_unreachable_task_succeeds_and_next_run_delivers_all(
     assert budget_s - 0.2 <= hook_s["hanging"] <= budget_s + 1.0, hook_s
     for label in ("refused", "hanging"):
         assert runs[label].elapsed_s <= runs["up"].elapsed_s + budget_s + WALL_SLACK_S, (label, runs)
+
+
+MANAGER = "dataset_forwarder_listener.manager_af2.ForwardingDatasetManager"
+
+
+def test_airflow2_with_the_forwarding_manager_sends_a_task_event_once(
+    af2: AirflowDeployment, moto: MotoSqs, validator: Draft202012Validator, tmp_path: Path
+) -> None:
+    queue, spool = moto.create_queue("af2-manager-dags-test"), tmp_path / "spool"
+
+    run = dags_test(af2, "producer", **target(queue, spool, AIRFLOW__CORE__DATASET_MANAGER_CLASS=MANAGER))
+
+    assert_succeeded(run)
+    messages = moto.drain(queue)
+    assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())  # the hook's, not twice
+    check_envelope(
+        messages[0], validator, af2, uri=BEARS, extra=BEAR_EXTRA,
+        dag_id="producer", task_id="get_bear", run_id=producer_run_id(run), map_index=-1, trail=[AF2_NAME],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="class")
+def af2_live(af2: AirflowDeployment, moto: MotoSqs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """Airflow 2's webserver, where REST-created events are registered, with the forwarding dataset manager."""
+    queue, spool = moto.create_queue("af2-webserver"), tmp_path_factory.mktemp("af2-web") / "spool"
+    with env_changed(af2, **target(queue, spool, AIRFLOW__CORE__DATASET_MANAGER_CLASS=MANAGER)):
+        af2.start(scheduler=False)
+    af2.wait_healthy()
+    yield Live(af2, queue, spool)
+    af2.stop()
+
+
+class TestAirflow2RestEvents:
+    def test_rest_event_is_sent_before_the_request_returns(
+        self, af2_live: Live, moto: MotoSqs, validator: Draft202012Validator
+    ) -> None:
+        event = af2_live.deployment.create_asset_event(BEARS, extra={"rows": 5})
+
+        [message] = moto.drain(af2_live.queue)  # sent in the request: on the queue once the POST has answered
+        assert event["source_dag_id"] is None, event
+        check_envelope(
+            message, validator, af2_live.deployment, uri=BEARS, extra={"rows": 5, "from_rest_api": True},
+            dag_id=None, task_id=None, run_id=None, map_index=None, trail=[AF2_NAME],
+        )  # fmt: skip
+        # Built from the row Airflow wrote: the event's own time, not the hook's.
+        assert datetime.fromisoformat(message.body["emitted_at"]) == datetime.fromisoformat(event["timestamp"]), event
+
+    def test_forwarded_into_airflow_2_goes_on_and_loops_and_filters_stop(
+        self, af2_live: Live, moto: MotoSqs, validator: Draft202012Validator
+    ) -> None:
+        deployment = af2_live.deployment
+        post_loop_filter_and_forwarded_events(deployment)
+
+        [message] = moto.drain(af2_live.queue)
+        check_envelope(
+            message, validator, deployment, uri=BEARS, extra={"rows": 3, "from_rest_api": True},
+            dag_id=None, task_id=None, run_id=None, map_index=None, trail=["team-z", AF2_NAME],
+        )  # fmt: skip
+        assert spool_leftovers(af2_live.spool) == []
 
 
 # --------------------------------------------------------------------------------------------------- not configured

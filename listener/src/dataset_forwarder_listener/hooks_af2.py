@@ -4,8 +4,8 @@
 ``on_task_instance_success`` is called in the task's process after the try's ``DatasetEvent``
 rows were flushed in the same session and before the commit, so they are read there, with
 their extra and source ids, and sent before the hook returns (the process ends with
-``os._exit``: nothing may be left to a thread). Events created through the REST API never pass
-a task and are not forwarded on Airflow 2.
+``os._exit``: nothing may be left to a thread). Events created through the REST API or the UI
+never pass a task: ``manager_af2.ForwardingDatasetManager`` forwards those when it is configured.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ class DatasetListener:
             session = Session()  # the caller's thread-local session
         if since is None:
             log.info("Start of %s unknown: forwarding every dataset event it has ever emitted.", task_instance)
-        events = [event_from_row(row, uri) for row, uri in events_of_try(session, task_instance, since)]
+        self.forward([event_from_row(row, uri) for row, uri in events_of_try(session, task_instance, since)])
+
+    def forward(self, events: list[UpstreamEvent]) -> None:
+        """Send the envelopes of ``events`` (filtered, loop-guarded) before returning, within the send budget."""
         envelopes = [
             envelope
             for envelope in (

@@ -16,6 +16,7 @@ LISTENER_MODULES = (
     "dataset_forwarder_listener.plugin",
     "dataset_forwarder_listener.hooks_af2",
     "dataset_forwarder_listener.hooks_af3",
+    "dataset_forwarder_listener.manager_af2",
 )
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -55,6 +56,21 @@ def _taskinstance_spec() -> types.ModuleType:
     return spec
 
 
+OWN_SESSION = "the session @provide_session opens when none is passed"
+
+
+class DatasetManager:
+    """Airflow 2.10+'s shape: a classmethod with keyword-only arguments; returns the event, None for an unknown URI."""
+
+    calls: list = []  # noqa: RUF012 (class-level record, reset by install())
+    events: dict = {}  # noqa: RUF012 (uri -> the event the next registration returns)
+
+    @classmethod
+    def register_dataset_change(cls, *, task_instance=None, dataset, extra=None, session=OWN_SESSION, **kwargs):  # type: ignore[no-untyped-def]
+        cls.calls.append({"task_instance": task_instance, "uri": dataset.uri, "extra": extra, "session": session})
+        return cls.events.get(dataset.uri)
+
+
 def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.PluginManager:  # type: ignore[no-untyped-def]
     """Put a fake ``airflow`` of ``version`` in sys.modules; the listener manager it would use."""
     airflow = types.ModuleType("airflow")
@@ -78,6 +94,13 @@ def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.Plu
     if version.startswith("2."):
         spec = _taskinstance_spec()
         modules["airflow.listeners.spec.taskinstance"] = spec
+        datasets = types.ModuleType("airflow.datasets")
+        datasets.__path__ = []  # type: ignore[attr-defined]
+        datasets_manager = types.ModuleType("airflow.datasets.manager")
+        DatasetManager.calls, DatasetManager.events = [], {}
+        datasets_manager.DatasetManager = DatasetManager  # type: ignore[attr-defined]
+        modules["airflow.datasets"] = datasets
+        modules["airflow.datasets.manager"] = datasets_manager
     else:
         spec = _asset_spec(event_hook)
         modules["airflow.listeners.spec.asset"] = spec
