@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import time
 import types
 from datetime import datetime, timedelta, timezone
 
@@ -233,16 +234,27 @@ def forwarding_manager(af2):
     base = managers.DatasetManager
     base.events["s3://bucket/bears"] = rest_event()
     return types.SimpleNamespace(
-        manager=managers.ForwardingDatasetManager(), base=base, client=af2.client, listener=af2.listener
+        manager=managers.ForwardingDatasetManager(),
+        module=managers,
+        base=base,
+        client=af2.client,
+        listener=af2.listener,
     )
+
+
+def close_background(forwarding_manager):
+    """Let the manager's background sender send what it has (close waits for that, within its budget)."""
+    if forwarding_manager.module._background is not None:
+        forwarding_manager.module._background.close(timeout_s=5)
 
 
 def bears():
     return types.SimpleNamespace(uri="s3://bucket/bears")
 
 
-def test_airflow_2_manager_forwards_an_event_without_task_before_returning(forwarding_manager, envelope_validator):
+def test_airflow_2_manager_forwards_an_event_without_task(forwarding_manager, envelope_validator):
     returned = forwarding_manager.manager.register_dataset_change(dataset=bears(), extra={"rows": 5}, session="S")
+    close_background(forwarding_manager)
 
     assert returned is forwarding_manager.base.events["s3://bucket/bears"]  # Airflow's result, unchanged
     assert forwarding_manager.base.calls == [
@@ -261,17 +273,33 @@ def test_airflow_2_manager_forwards_an_event_without_task_before_returning(forwa
 def test_airflow_2_manager_leaves_task_events_to_the_hook_and_passes_arguments_as_given(forwarding_manager):
     forwarding_manager.manager.register_dataset_change(task_instance=task_instance(), dataset=bears())
     forwarding_manager.manager.register_dataset_change(dataset=types.SimpleNamespace(uri="s3://unknown"))
+    close_background(forwarding_manager)
 
     assert forwarding_manager.client.bodies == []  # a task's event (the hook sends it) and an unknown dataset
     # No session passed, none invented: Airflow's @provide_session opens its own (an explicit None would not).
     assert [call["session"] for call in forwarding_manager.base.calls] == [fake_airflow.OWN_SESSION] * 2
 
 
+def test_airflow_2_manager_does_not_wait_for_a_hanging_queue_and_keeps_the_event_spooled(
+    forwarding_manager, configured
+):
+    forwarding_manager.client.delay_s = 3.0  # SQS answers after 3 s (the send budget is 5 s)
+
+    started = time.monotonic()
+    forwarding_manager.manager.register_dataset_change(dataset=bears())
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1.0, elapsed  # the request pays a spool write, not the send
+    assert [p.name.endswith(".json") for p in configured.iterdir() if p.is_file()] == [True]
+    close_background(forwarding_manager)
+    assert len(forwarding_manager.client.bodies) == 1
+
+
 def test_airflow_2_manager_returns_airflow_s_event_even_when_forwarding_raises(forwarding_manager, monkeypatch, caplog):
     def broken(events):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(forwarding_manager.listener, "forward", broken)
+    monkeypatch.setattr(forwarding_manager.listener, "envelopes", broken)
 
     with caplog.at_level(logging.WARNING):
         returned = forwarding_manager.manager.register_dataset_change(dataset=bears())

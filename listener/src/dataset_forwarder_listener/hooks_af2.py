@@ -17,7 +17,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from dataset_forwarder_listener.config import Config
-from dataset_forwarder_listener.envelope import UpstreamEvent, build
+from dataset_forwarder_listener.envelope import Envelope, UpstreamEvent, build
 from dataset_forwarder_listener.safety import guard
 from dataset_forwarder_listener.sender import Sender
 
@@ -98,19 +98,20 @@ class DatasetListener:
         self.forward([event_from_row(row, uri) for row, uri in events_of_try(session, task_instance, since)])
 
     def forward(self, events: list[UpstreamEvent]) -> None:
-        """Send the envelopes of ``events`` (filtered, loop-guarded) before returning, within the send budget."""
-        envelopes = [
-            envelope
-            for envelope in (
-                build(
-                    event,
-                    deployment=self.config.deployment,
-                    airflow_version=self.airflow_version,
-                    include=self.config.include,
-                )
-                for event in events
-            )
-            if envelope is not None
-        ]
+        """Send the envelopes of ``events`` before returning, within the send budget."""
+        envelopes = self.envelopes(events)
         if envelopes:
             self.sender.send_all(envelopes)
+
+    def envelopes(self, events: list[UpstreamEvent]) -> list[Envelope]:
+        """The envelopes of ``events`` that are to be sent (include filter and loop guard applied)."""
+        built = (
+            build(
+                event,
+                deployment=self.config.deployment,
+                airflow_version=self.airflow_version,
+                include=self.config.include,
+            )
+            for event in events
+        )
+        return [envelope for envelope in built if envelope is not None]

@@ -2,20 +2,27 @@
 
 Opt in with ``[core] dataset_manager_class = dataset_forwarder_listener.manager_af2.ForwardingDatasetManager``
 (``AIRFLOW__CORE__DATASET_MANAGER_CLASS``). Task events keep going through ``on_task_instance_success``; the
-manager adds only the events registered without a task instance, so nothing is sent twice. It runs where Airflow
-registers them (the webserver for ``POST /api/v1/datasets/events``) and sends before the request returns, within
-``DATASET_FORWARDER_SEND_TIMEOUT_S``, spooling what it could not send. Events forwarded *into* an Airflow 2
-deployment then travel on, like on Airflow 3.
+manager adds only the events registered without a task instance, so nothing is sent twice. Events forwarded
+*into* an Airflow 2 deployment then travel on, as on Airflow 3.
+
+Such events are registered in long-lived processes (the webserver, for ``POST /api/v1/datasets/events`` and the
+UI), so they go the way Airflow 3's api-server sends: the request pays a spool write, and a background thread
+sends, backing off while SQS is down. A request never waits for SQS.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from airflow.datasets.manager import DatasetManager
 
 from dataset_forwarder_listener.hooks_af2 import DatasetListener, event_from_row
 from dataset_forwarder_listener.safety import guard
+from dataset_forwarder_listener.sender import BackgroundSender
+
+_background: BackgroundSender | None = None
+_background_lock = threading.Lock()
 
 
 class ForwardingDatasetManager(DatasetManager):
@@ -36,5 +43,16 @@ def _forward(dataset_event: Any, uri: str) -> None:
     from dataset_forwarder_listener.plugin import get_listener  # noqa: PLC0415
 
     listener = get_listener()
-    if isinstance(listener, DatasetListener):
-        listener.forward([event_from_row(dataset_event, uri)])
+    if not isinstance(listener, DatasetListener):
+        return
+    for envelope in listener.envelopes([event_from_row(dataset_event, uri)]):
+        _sender(listener).submit(envelope)
+
+
+def _sender(listener: DatasetListener) -> BackgroundSender:
+    """One background sender per process, over the listener's sender (its queue, spool and budget)."""
+    global _background
+    with _background_lock:
+        if _background is None:
+            _background = BackgroundSender(listener.sender)
+        return _background
