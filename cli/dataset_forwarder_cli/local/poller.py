@@ -694,7 +694,13 @@ class Poller:
                 done.append(invocation)
                 continue
             if self.pending() == 0:
-                return done
+                # The visible and in-flight counts are read one after the other: a record whose visibility ends
+                # between the two readings is in neither. By now it is visible, so one more receive settles it.
+                invocation = self.poll_once(wait_s=0)
+                if invocation is None:
+                    return done
+                done.append(invocation)
+                continue
             invocation = self.poll_once(wait_s=1)  # records wait out their visibility delay
             if invocation is not None:
                 done.append(invocation)
