@@ -255,6 +255,30 @@ class Live:
     spool: Path
 
 
+def rest_event_on_the_queue(
+    live: Live, moto: MotoSqs, validator: Draft202012Validator
+) -> tuple[dict[str, Any], Message]:
+    """Post a REST event (no task made it) and check its envelope on the queue: null source, the REST extra."""
+    event = live.deployment.create_asset_event(BEARS, extra={"rows": 5})
+
+    [message] = moto.wait_for(live.queue, bool, what=f"REST event {event['id']}", diagnose=live.deployment.logs)
+    assert event["source_dag_id"] is None, event
+    check_envelope(
+        message, validator, live.deployment, uri=BEARS, extra={"rows": 5, "from_rest_api": True},
+        dag_id=None, task_id=None, run_id=None, map_index=None, trail=[live.deployment.name],
+    )  # fmt: skip
+    return event, message
+
+
+def wait_spool_empty(live: Live) -> None:
+    poll(
+        lambda: spool_leftovers(live.spool) == [],
+        timeout_s=10,
+        what="spool emptied after the sends",
+        diagnose=lambda: str(spool_leftovers(live.spool)),
+    )
+
+
 @pytest.fixture(scope="class")
 def af3_live(af3: AirflowDeployment, moto: MotoSqs, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """Airflow 3 as in production: api-server (where the asset hooks run) + scheduler, stopped after the class."""
@@ -305,17 +329,9 @@ class TestAirflow3ApiServer:
     def test_rest_event_is_sent_with_from_rest_api(
         self, af3_live: Live, moto: MotoSqs, validator: Draft202012Validator
     ) -> None:
-        event = af3_live.deployment.create_asset_event(BEARS, extra={"rows": 5})
+        event, _ = rest_event_on_the_queue(af3_live, moto, validator)
 
-        [message] = moto.wait_for(
-            af3_live.queue, bool, what=f"REST event {event['id']}", diagnose=af3_live.deployment.logs
-        )
-        assert event["source_dag_id"] is None, event
-        assert event["source_map_index"] == -1, event  # Airflow's column default; no task made it
-        check_envelope(
-            message, validator, af3_live.deployment, uri=BEARS, extra={"rows": 5, "from_rest_api": True},
-            dag_id=None, task_id=None, run_id=None, map_index=None, trail=[AF3_NAME],
-        )  # fmt: skip
+        assert event["source_map_index"] == -1, event  # Airflow's column default; the envelope says null
 
     def test_loop_guard_and_include_filter(
         self, af3_live: Live, moto: MotoSqs, validator: Draft202012Validator
@@ -340,12 +356,7 @@ class TestAirflow3ApiServer:
         )  # fmt: skip
 
     def test_nothing_left_in_the_spool(self, af3_live: Live) -> None:
-        poll(
-            lambda: spool_leftovers(af3_live.spool) == [],
-            timeout_s=10,
-            what="spool emptied after the sends",
-            diagnose=lambda: str(spool_leftovers(af3_live.spool)),
-        )
+        wait_spool_empty(af3_live)
 
 
 # --------------------------------------------------------------------------------------------------- Airflow 2
@@ -447,16 +458,8 @@ class TestAirflow2RestEvents:
     def test_rest_event_is_sent_from_the_webserver(
         self, af2_live: Live, moto: MotoSqs, validator: Draft202012Validator
     ) -> None:
-        event = af2_live.deployment.create_asset_event(BEARS, extra={"rows": 5})
+        event, message = rest_event_on_the_queue(af2_live, moto, validator)
 
-        [message] = moto.wait_for(
-            af2_live.queue, bool, what=f"REST event {event['id']}", diagnose=af2_live.deployment.logs
-        )
-        assert event["source_dag_id"] is None, event
-        check_envelope(
-            message, validator, af2_live.deployment, uri=BEARS, extra={"rows": 5, "from_rest_api": True},
-            dag_id=None, task_id=None, run_id=None, map_index=None, trail=[AF2_NAME],
-        )  # fmt: skip
         # Built from the row Airflow wrote: the event's own time, not the hook's.
         assert datetime.fromisoformat(message.body["emitted_at"]) == datetime.fromisoformat(event["timestamp"]), event
 
@@ -474,12 +477,7 @@ class TestAirflow2RestEvents:
             message, validator, deployment, uri=BEARS, extra={"rows": 3, "from_rest_api": True},
             dag_id=None, task_id=None, run_id=None, map_index=None, trail=["team-z", AF2_NAME],
         )  # fmt: skip
-        poll(
-            lambda: spool_leftovers(af2_live.spool) == [],
-            timeout_s=10,
-            what="spool emptied after the sends",
-            diagnose=lambda: str(spool_leftovers(af2_live.spool)),
-        )
+        wait_spool_empty(af2_live)
 
 
 # --------------------------------------------------------------------------------------------------- not configured
