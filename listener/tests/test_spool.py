@@ -209,24 +209,32 @@ def test_bound_counts_what_other_processes_wrote(tmp_path, make_envelope):
     assert here.count() == 3
 
 
-def test_count_sees_a_file_claimed_between_its_two_listings_once(spool, make_envelope, monkeypatch):
+@pytest.mark.parametrize("after_listing", [1, 2, 3])
+@pytest.mark.parametrize("move", ["claim", "release"])
+def test_count_sees_a_file_moved_while_it_lists_once(spool, make_envelope, monkeypatch, move, after_listing):
     spool.write(make_envelope(second=1))
     spool.write(make_envelope(second=2))
     first, _ = spool.pending()
+    claimed = spool.claim(first)
+    if move == "claim":
+        spool.release(claimed)
     real_scandir = os.scandir
     listed: list[str] = []
 
-    def scandir_then_claim(directory):
+    def scandir_then_move(directory):
         entries = list(real_scandir(directory))
         listed.append(str(directory))
-        if len(listed) == 1:  # another process claims a file right after the waiting files were listed
-            assert spool.claim(first) is not None
+        if len(listed) == after_listing:  # a sender claims the file, or gives it back, right now
+            if move == "claim":
+                assert spool.claim(first) is not None
+            else:
+                spool.release(claimed)
         return iter(entries)
 
-    monkeypatch.setattr("dataset_forwarder_listener.spool.os.scandir", scandir_then_claim)
+    monkeypatch.setattr("dataset_forwarder_listener.spool.os.scandir", scandir_then_move)
 
     assert spool.count() == 2
-    assert listed == [str(spool.directory), str(spool.inflight_dir)]
+    assert len(listed) == 3
 
 
 def test_write_of_a_new_id_skips_the_lookups_but_is_the_same_file(spool, make_envelope):

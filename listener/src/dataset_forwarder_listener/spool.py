@@ -139,12 +139,14 @@ class Spool:
     def count(self) -> int:
         """Files held (waiting or being sent); the bound DATASET_FORWARDER_SPOOL_MAX applies to this.
 
-        Counted by name: a file claimed (moved to ``inflight/``) between the two listings is seen in both and
-        counted once.
+        Counted by name, over three listings (sending, waiting, sending again): a file claimed (moved to
+        ``inflight/``) or released (moved back) while the directories are listed is seen at least once,
+        and a file seen twice is counted once.
         """
         try:
-            waiting = {e.name for e in os.scandir(self.directory) if _is_spooled(e.name)}
-            sending = {e.name for e in os.scandir(self.inflight_dir) if _is_spooled(e.name)}
+            sending = _spooled_names(self.inflight_dir)
+            waiting = _spooled_names(self.directory)
+            sending |= _spooled_names(self.inflight_dir)
         except FileNotFoundError:
             return 0
         except OSError as exc:
@@ -304,6 +306,10 @@ def _write_file(path: str, data: bytes) -> None:
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def _spooled_names(directory: Path) -> set[str]:
+    return {e.name for e in os.scandir(directory) if _is_spooled(e.name)}
 
 
 def _is_spooled(name: str) -> bool:
