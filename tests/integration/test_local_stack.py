@@ -294,8 +294,7 @@ def test_a_handler_exception_leaves_the_whole_batch_to_sqs(sqs: Any, plain_queue
     assert invocation.failed_ids == ids
     assert invocation.batch_error == "RuntimeError: boom"
     assert _counts(sqs, plain_queue) == (0, 3)  # nothing deleted, nothing made visible early
-    time.sleep(1.2)  # the queue's visibility timeout brings them back, as on AWS
-    again = poller.poll_once(wait_s=1)
+    again = poller.poll_once(wait_s=5)  # the queue's visibility timeout (1 s) brings them back, as on AWS
     assert again is not None
     assert set(again.message_ids) == ids
     assert {r["attributes"]["ApproximateReceiveCount"] for r in again.event["Records"]} == {"2"}
@@ -314,6 +313,37 @@ def test_an_unknown_item_identifier_fails_the_whole_batch(sqs: Any, plain_queue:
     assert invocation is not None
     assert invocation.batch_error == "invalid itemIdentifier 'not-in-this-batch'"
     assert _counts(sqs, plain_queue) == (0, 1)
+
+
+class _CountingSqs:
+    """An SQS client that counts its receive calls."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.receives: list[int] = []  # WaitTimeSeconds of each call
+
+    def receive_message(self, **kwargs: Any) -> Any:
+        self.receives.append(kwargs["WaitTimeSeconds"])
+        return self._sqs.receive_message(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+
+def test_drain_long_polls_while_a_record_waits_out_its_delay(sqs: Any, plain_queue: str) -> None:
+    counting = _CountingSqs(sqs)
+    poller = Poller(counting, EventSourceConfig.for_queue(sqs, plain_queue, wait_time_s=0), InProcessInvoker(_ok))
+    sent = sqs.send_message(QueueUrl=plain_queue, MessageBody="later", DelaySeconds=2)["MessageId"]
+
+    done = poller.drain(timeout_s=20)
+
+    assert [list(i.message_ids) for i in done] == [[sent]]
+    assert 1 in counting.receives  # waits on SQS a second at a time ...
+    assert len(counting.receives) < 15  # ... instead of asking again and again with no wait (hundreds of calls)
+
+
+def _ok(event: dict[str, Any], context: Any) -> Any:
+    return {"batchItemFailures": []}
 
 
 def test_a_timed_out_invocation_leaves_the_batch_and_the_next_one_gets_a_fresh_environment(

@@ -39,6 +39,12 @@ from .bootstrap import LambdaContext
 log = logging.getLogger(__name__)
 
 SQS_MAX_MESSAGES_PER_CALL = 10
+# What `pending` adds up: visible, in flight (received or backing off) and delayed (sent with DelaySeconds).
+PENDING_COUNTS = (
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+)
 LAMBDA_LONG_POLL_S = 20
 LAMBDA_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 POLL_SLICE_S = 2  # longest single receive call: bounds how long `Poller.stop` waits for an idle poller
@@ -490,8 +496,8 @@ class Poller:
         """
         deadline = time.monotonic() + wait_s
         while True:
-            left = deadline - time.monotonic()
-            messages = self._receive(count, max(0, min(self.poll_slice_s, int(left))))
+            left = deadline - time.monotonic()  # SQS waits whole seconds: round, or a 1 s wait would ask for 0
+            messages = self._receive(count, max(0, min(self.poll_slice_s, round(left))))
             if messages or self._stopping.is_set() or deadline - time.monotonic() < 1:
                 return messages
 
@@ -680,9 +686,9 @@ class Poller:
     def pending(self) -> int:
         attributes = self.sqs.get_queue_attributes(
             QueueUrl=self.source.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+            AttributeNames=list(PENDING_COUNTS),
         )["Attributes"]
-        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+        return sum(int(attributes.get(name, 0)) for name in PENDING_COUNTS)
 
     def drain(self, timeout_s: float = 20.0) -> list[Invocation]:
         """Invoke in this thread until the queue is empty (retries included); TimeoutError at the deadline."""
