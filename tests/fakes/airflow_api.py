@@ -409,6 +409,11 @@ class FakeAirflow:
         with self._cond:
             self._faults.clear()
 
+    def faults_left(self) -> int:
+        """Injected faults no request has taken yet."""
+        with self._cond:
+            return len(self._faults)
+
     def set_token(self, token: str) -> None:
         with self._cond:
             self._token = token

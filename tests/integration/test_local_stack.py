@@ -102,6 +102,14 @@ def process_poller(local_stack: LocalStack, sqs: Any) -> Iterator[Poller]:
     poller.stop(timeout_s=30)
 
 
+def _wait_until(condition: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.02)
+
+
 # --------------------------------------------------------------------------------------------- from the template
 
 
@@ -191,9 +199,7 @@ def test_a_message_goes_through_poller_and_handler_to_the_downstream(
     assert event.extra["rows"] == 7
     assert event.extra["dataset_forwarder"]["id"] == event_id
     assert event.extra["dataset_forwarder"]["trail"] == ["team-a-prod"]
-    deadline = time.monotonic() + 10
-    while not invocations and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until(lambda: invocations, "the invocation's result")
     [invocation] = invocations
     assert invocation.message_ids == [message_id]
     assert invocation.failed_ids == set()
@@ -255,13 +261,11 @@ def test_invocations_run_concurrently_in_separate_environments(
     queue_url = local_stack.stack.queue_url
 
     _send(sqs, queue_url, "s3://slow/a")
-    time.sleep(0.5)  # the first batch is in flight (its POST takes 2 s) when the second record arrives
-    _send(sqs, queue_url, "s3://slow/b")
+    _wait_until(lambda: slow.faults_left() == 1, "the first POST to start")  # it takes 2 s
+    _send(sqs, queue_url, "s3://slow/b")  # arrives while the first batch is in flight
 
     slow.wait_for_events(2, timeout_s=20)
-    deadline = time.monotonic() + 10
-    while len(invocations) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until(lambda: len(invocations) == 2, "both invocations' results")
     first, second = sorted(invocations, key=lambda i: i.started_at)
     assert len(first.message_ids) == len(second.message_ids) == 1
     assert second.started_at < first.started_at + first.result.duration_s  # they overlapped
