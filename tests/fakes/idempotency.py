@@ -2,7 +2,8 @@
 
 It keeps DynamoDBPersistenceLayer's semantics that the ledger relies on (a conditional put that fails
 while an unexpired record exists, unless that record is an in-progress one whose in-progress expiry
-has passed; the existing record handed back with the failure), and can simulate the round trip of
+has passed; the existing record handed back with the failure), tells the ledger when a put replaced a
+record and keeps an ambiguous try's record for its hold (`DeliveryRecords`), and can simulate the round trip of
 each operation (`latency_s`) so that a benchmark sees a table that is neither free nor moto's.
 One `MemoryTable` is shared by every layer a ledger makes, like one DynamoDB table.
 """
@@ -18,8 +19,9 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
 )
-from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
+
+from dataset_forwarder.ledger import DeliveryRecords
 
 
 @dataclass
@@ -35,7 +37,7 @@ class MemoryTable:
         return MemoryPersistenceLayer(self)
 
 
-class MemoryPersistenceLayer(BasePersistenceLayer):
+class MemoryPersistenceLayer(DeliveryRecords):
     def __init__(self, table: MemoryTable) -> None:
         super().__init__()
         self.table = table
@@ -62,11 +64,19 @@ class MemoryPersistenceLayer(BasePersistenceLayer):
             if existing is not None and not _replaceable(existing, now):
                 raise IdempotencyItemAlreadyExistsError(old_data_record=copy.copy(existing))
             self.table.records[data_record.idempotency_key] = copy.copy(data_record)
+        self._replaced(existing is not None)
 
     def _update_record(self, data_record: DataRecord) -> None:
         self._round_trip()
         with self.table.lock:
             self.table.records[data_record.idempotency_key] = copy.copy(data_record)
+
+    def _hold(self, idempotency_key: str, until_ms: int) -> None:
+        self._round_trip()
+        with self.table.lock:
+            record = self.table.records.get(idempotency_key)
+            if record is not None and record.status == STATUS_CONSTANTS["INPROGRESS"]:
+                record.in_progress_expiry_timestamp = until_ms
 
     def _delete_record(self, data_record: DataRecord) -> None:
         self._round_trip()

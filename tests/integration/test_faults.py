@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -212,6 +213,62 @@ def test_airflow3_post_that_landed_after_a_timeout_is_not_posted_again(
 
     assert len(fake.events_for(BEARS)) == 1
     assert fake.count("GET", "/api/v2/assets/events") == 1
+
+
+def _ambiguous_first_try(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> tuple[FakeAirflow, dict[str, Any], str]:
+    """One try of an event whose POST lands after the forwarder gave up waiting: (fake, event, receipt handle)."""
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS], "timeout_s": 0.5})
+    fake.inject(Fault(delay_s=1.5, method="POST"))
+    event = envelope(BEARS)
+    stack.send(event)
+    first = lambda_driver.poll()
+    assert first is not None
+    assert first.failed_ids  # to be retried
+    return fake, event, first.event["Records"][0]["receiptHandle"]
+
+
+def test_another_copy_after_an_ambiguous_try_checks_the_target_before_posting(
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake, event, receipt = _ambiguous_first_try(stack, lambda_driver, airflow)
+    stack.sqs.change_message_visibility(QueueUrl=stack.queue_url, ReceiptHandle=receipt, VisibilityTimeout=60)
+    fake.wait_for_events(1, timeout_s=5)  # the first try's POST landed after all
+
+    stack.send(event)  # the same event in a new message (a listener's resend): its first receive
+    second = lambda_driver.poll()
+
+    assert second is not None
+    assert second.failed_ids == set()
+    assert len(fake.events) == 1  # found downstream, not posted again
+    assert fake.count("GET", "/api/v2/assets/events") == 1
+    assert fake.count("POST", "/api/v2/assets/events") == 1
+
+
+def test_another_copy_during_an_ambiguous_try_s_hold_waits(
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataset_forwarder import runtime
+
+    monkeypatch.setenv("RETRY_BASE_DELAY_S", "60")  # holds the pair for 30 s after an ambiguous try
+    monkeypatch.setenv("RETRY_MAX_DELAY_S", "60")
+    runtime.reset()
+    fake, event, _ = _ambiguous_first_try(stack, lambda_driver, airflow)
+
+    stack.send(event)  # while the first try's POST may still land
+    second = lambda_driver.poll()
+    fake.wait_for_events(1, timeout_s=5)
+
+    assert second is not None
+    assert len(second.failed_ids) == 1  # told that the pair is in flight: retried later
+    assert fake.count("POST", "/api/v2/assets/events") == 1
+    assert fake.count("GET", "/api/v2/assets/events") == 0
 
 
 def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed_and_redrive_never_duplicates(

@@ -179,8 +179,8 @@ class Forwarder:
             return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
-        def post() -> dict[str, Any]:
-            if verify_first(message, envelope) and self._already_received(target, envelope):
+        def post(earlier_try: bool) -> dict[str, Any]:
+            if (earlier_try or verify_first(message, envelope)) and self._already_received(target, envelope):
                 return {"found_downstream": True}
             posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
             return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}

@@ -134,11 +134,14 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
             raise
 
     ttl_s = settings.idempotency_ttl_s
+    # A POST that may have landed holds its pair as long as its own first retry waits at least (jitter
+    # included), so no other copy of the event posts while it may still land.
+    hold_s = settings.retry_base_delay_s / 2
     if ledger_store is None:
         dynamodb = session.client("dynamodb", config=boto_config)
-        ledger = Ledger.on_dynamodb(table=settings.idempotency_table, ttl_s=ttl_s, dynamodb=dynamodb)
+        ledger = Ledger.on_dynamodb(table=settings.idempotency_table, ttl_s=ttl_s, dynamodb=dynamodb, hold_s=hold_s)
     else:
-        ledger = Ledger(ttl_s=ttl_s, store=ledger_store)
+        ledger = Ledger(ttl_s=ttl_s, store=ledger_store, hold_s=hold_s)
 
     return Forwarder(
         settings=settings,
