@@ -24,6 +24,10 @@ from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import S
 from dataset_forwarder.ledger import DeliveryRecords
 
 
+class Killed(BaseException):
+    """The execution environment dies here (not an Exception: Powertools does not clean up after it)."""
+
+
 @dataclass
 class MemoryTable:
     """The records by idempotency key, and how many operations reached them."""

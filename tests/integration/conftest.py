@@ -53,6 +53,15 @@ def moto_server(log_path: Path) -> Iterator[str]:
                 server.wait()
 
 
+def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.2) -> None:
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(every_s)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:

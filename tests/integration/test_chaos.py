@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -30,11 +29,11 @@ import pytest
 
 from dataset_forwarder.forwarder import UNCONFIRMED
 from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
-from dataset_forwarder_cli.local.poller import EventSourceConfig, FunctionConfig, Poller, ProcessInvoker
+from dataset_forwarder_cli.local.poller import PENDING_COUNTS, EventSourceConfig, FunctionConfig, Poller, ProcessInvoker
 from tests.fakes.airflow_api import FakeAirflow, Fault
 from tests.fakes.aws import ForwarderStack
 from tests.fakes.envelopes import envelope
-from tests.integration.conftest import moto_server
+from tests.integration.conftest import moto_server, wait_for
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261125"))  # another seed: other faults, other timings
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "5000"))  # about 4.5 min here; `make chaos CHAOS_EVENTS=N` for others
@@ -44,14 +43,6 @@ BACKLOG = 300  # the feeder keeps at most this many messages on the queue (moto'
 FUNCTION_TIMEOUT_S = 10  # deliveries start only while 3.5 s (2 calls + margin) are left
 ROOT = Path(__file__).resolve().parents[2]
 CHAOS_FUNCTION_DIR = ROOT / "tests" / "fakes" / "chaos_function"
-
-
-def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
-        threading.Event().wait(every_s)
 
 
 class DuplicatingPoller(Poller):
@@ -281,8 +272,7 @@ def test_chaos_every_event_reaches_each_target_exactly_once_or_is_dead_lettered(
 
 
 def _depth(sqs: Any, url: str) -> dict[str, str]:
-    names = [f"ApproximateNumberOfMessages{kind}" for kind in ("", "NotVisible", "Delayed")]
-    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]  # type: ignore[no-any-return]
+    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(PENDING_COUNTS))["Attributes"]  # type: ignore[no-any-return]
 
 
 def _delivered(fakes: Mapping[str, FakeAirflow]) -> Counter[tuple[str, str]]:

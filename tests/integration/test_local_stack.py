@@ -29,6 +29,7 @@ from dataset_forwarder_cli.local.poller import (
 from dataset_forwarder_cli.local.stack import DeployedStack, LocalStack, aws_session, client, deploy
 from tests.fakes.airflow_api import FakeAirflow, Fault
 from tests.fakes.envelopes import envelope
+from tests.integration.conftest import wait_for
 
 # moto names every resource type it skips (the CloudWatch alarms) on each deployment
 pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..CloudWatch..Alarm:UserWarning")
@@ -100,14 +101,6 @@ def process_poller(local_stack: LocalStack, sqs: Any) -> Iterator[Poller]:
     poller = Poller(sqs, stack.event_source(), invoker)
     yield poller
     poller.stop(timeout_s=30)
-
-
-def _wait_until(condition: Callable[[], object], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # --------------------------------------------------------------------------------------------- from the template
@@ -199,7 +192,7 @@ def test_a_message_goes_through_poller_and_handler_to_the_downstream(
     assert event.extra["rows"] == 7
     assert event.extra["dataset_forwarder"]["id"] == event_id
     assert event.extra["dataset_forwarder"]["trail"] == ["team-a-prod"]
-    _wait_until(lambda: invocations, "the invocation's result")
+    wait_for(lambda: bool(invocations), timeout_s=10, what="the invocation's result", every_s=0.02)
     [invocation] = invocations
     assert invocation.message_ids == [message_id]
     assert invocation.failed_ids == set()
@@ -261,11 +254,11 @@ def test_invocations_run_concurrently_in_separate_environments(
     queue_url = local_stack.stack.queue_url
 
     _send(sqs, queue_url, "s3://slow/a")
-    _wait_until(lambda: slow.faults_left() == 1, "the first POST to start")  # it takes 2 s
+    wait_for(lambda: slow.faults_left() == 1, timeout_s=10, what="the first POST to start", every_s=0.02)  # takes 2 s
     _send(sqs, queue_url, "s3://slow/b")  # arrives while the first batch is in flight
 
     slow.wait_for_events(2, timeout_s=20)
-    _wait_until(lambda: len(invocations) == 2, "both invocations' results")
+    wait_for(lambda: len(invocations) == 2, timeout_s=10, what="both invocations' results", every_s=0.02)
     first, second = sorted(invocations, key=lambda i: i.started_at)
     assert len(first.message_ids) == len(second.message_ids) == 1
     assert second.started_at < first.started_at + first.result.duration_s  # they overlapped

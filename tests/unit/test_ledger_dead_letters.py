@@ -5,11 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dataset_forwarder.ledger import Ledger
-from tests.fakes.idempotency import MemoryTable
-
-
-class Killed(BaseException):
-    """The execution environment dies here (not an Exception: Powertools does not clean up after it)."""
+from tests.fakes.idempotency import Killed, MemoryTable
 
 
 def _killed() -> dict[str, str]:

@@ -9,11 +9,7 @@ import pytest
 from dataset_forwarder.ledger import Ledger
 from dataset_forwarder.outcomes import AlreadyInFlight, DeliveryFailed
 from dataset_forwarder_cli.local.bootstrap import LambdaContext
-from tests.fakes.idempotency import MemoryTable
-
-
-class Killed(BaseException):
-    """The execution environment dies here (not an Exception: Powertools does not clean up after it)."""
+from tests.fakes.idempotency import Killed, MemoryTable
 
 
 class Recorder:
