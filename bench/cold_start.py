@@ -140,7 +140,7 @@ class Lab:
             self.resources = ForwarderStack.create(session)
         self.downstream = FakeAirflow("2", datasets=[URI], auth="basic", username=USERNAME, password=PASSWORD)
         stack.enter_context(self.downstream)
-        secret = self.resources.put_secret("airflow-password", PASSWORD)
+        secret = self.resources.put_secret("team-b", PASSWORD)
         self.resources.put_target(
             "team-b",
             {

@@ -381,7 +381,6 @@ class Lab:
         self.stack = ForwarderStack.create(boto3.session.Session())
         arn = self.stack.sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=["QueueArn"])
         self.queue_arn: str = arn["Attributes"]["QueueArn"]
-        self.secret = self.stack.put_secret("airflow-password", PASSWORD)
         self.log_path = self.work / "handler.log"
         self._targets_paths: dict[int, str] = {}
 
@@ -395,7 +394,12 @@ class Lab:
                 "url": url,
                 "airflow": "auto",
                 "datasets": [URI],
-                "auth": {"type": "airflow-token", "username": USERNAME, "secret": self.secret},
+                # each target reads its own secret (the function's rule: SECRETS_PATH/<target name>)
+                "auth": {
+                    "type": "airflow-token",
+                    "username": USERNAME,
+                    "secret": self.stack.put_secret(f"t{index:02d}", PASSWORD),
+                },
                 "timeout_s": 10,
             }
             self.stack.ssm.put_parameter(Name=f"{path}/t{index:02d}", Value=json.dumps(value), Type="String")

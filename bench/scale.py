@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i, fake in enumerate(fakes):
             for uri in DATASETS:
                 fake.add_dataset(uri)
-            secret = resources.put_secret(f"t{i}", f"tok-{i}")
+            secret = resources.put_secret(f"team-{i}", f"tok-{i}")
             auth = {"type": "bearer", "secret": secret}
             resources.put_target(f"team-{i}", {"url": fake.url, "datasets": ["s3://scale/*"], "auth": auth})
         ssm_proxy.counts.clear()  # only what the function asks from here on

@@ -6,7 +6,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from dataset_forwarder.targets import Catalog, InvalidTarget, Target, build_catalog, parse_target, validate_name
+from dataset_forwarder.targets import (
+    Catalog,
+    InvalidTarget,
+    ParseRules,
+    Target,
+    build_catalog,
+    parse_target,
+    validate_name,
+)
 
 from .errors import CliError
 
@@ -23,6 +31,12 @@ class TargetStore:
     def secret_name(self, name: str) -> str:
         return f"{self.secrets_path.rstrip('/')}/{validate_name(name)}"
 
+    def rules(self, *, allow_http: bool = True) -> ParseRules:
+        """The function's rules as far as the CLI knows them: the IAM allow-lists are the stack's to enforce."""
+        return ParseRules(
+            allow_http=allow_http, secrets_path=self.secrets_path, mwaa_environments=("*",), role_arns=("*",)
+        )
+
     def catalog(self, *, allow_http: bool = True) -> Catalog:
         raw: dict[str, str] = {}
         for page in self.ssm.get_paginator("get_parameters_by_path").paginate(
@@ -30,7 +44,7 @@ class TargetStore:
         ):
             for parameter in page.get("Parameters", []):
                 raw[parameter["Name"][len(self.targets_path) :].lstrip("/")] = parameter["Value"]
-        return build_catalog(raw, allow_http=allow_http)
+        return build_catalog(raw, rules=self.rules(allow_http=allow_http))
 
     def get(self, name: str, *, allow_http: bool = True) -> Target:
         from botocore.exceptions import ClientError
@@ -42,14 +56,14 @@ class TargetStore:
                 raise CliError(f"target '{name}' not found under {self.targets_path}") from None
             raise
         try:
-            return parse_target(name, value, allow_http=allow_http)
+            return parse_target(name, value, rules=self.rules(allow_http=allow_http))
         except InvalidTarget as exc:
             raise CliError(f"target '{name}' in SSM is malformed: {exc}") from None
 
     def put(self, target: Target, *, secret: str | None) -> None:
         """Write the secret first (SecureString), then the target that names it."""
-        if secret is not None and target.auth.secret:
-            self.ssm.put_parameter(Name=target.auth.secret, Value=secret, Type="SecureString", Overwrite=True)
+        if secret is not None and target.secret:
+            self.ssm.put_parameter(Name=target.secret, Value=secret, Type="SecureString", Overwrite=True)
         self.ssm.put_parameter(
             Name=self.parameter_name(target.name),
             Value=json.dumps(target.to_json(), separators=(",", ":")),
@@ -71,7 +85,7 @@ class TargetStore:
     def delete(self, target: Target, *, keep_secret: bool) -> list[str]:
         deleted = [self.parameter_name(target.name)]
         self.ssm.delete_parameter(Name=deleted[0])
-        secret = target.auth.secret
+        secret = target.secret
         if not keep_secret and secret and secret.startswith(self.secrets_path.rstrip("/") + "/"):
             from botocore.exceptions import ClientError
 

@@ -80,6 +80,7 @@ class ForwarderStack:
     def env(self) -> dict[str, str]:
         return {
             "TARGETS_PATH": self.targets_path,
+            "SECRETS_PATH": self.secrets_path,
             "DEAD_LETTER_QUEUE_URL": self.dlq_url,
             "IDEMPOTENCY_TABLE": self.table,
         }

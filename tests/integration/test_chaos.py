@@ -27,7 +27,7 @@ from typing import Any
 import boto3
 import pytest
 
-from dataset_forwarder.forwarder import UNCONFIRMED
+from dataset_forwarder.dead_letters import UNCONFIRMED
 from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
 from dataset_forwarder_cli.local.poller import PENDING_COUNTS, EventSourceConfig, FunctionConfig, Poller, ProcessInvoker
 from tests.fakes.airflow_api import FakeAirflow, Fault
@@ -133,12 +133,12 @@ def test_chaos_every_event_reaches_each_target_exactly_once_or_is_dead_lettered(
         "af3-revoked": DATASETS[10:],
     }
     auths = {
-        "af2-basic": {"type": "basic", "username": "admin", "secret": stack.put_secret("a", "pw-2")},
-        "af3-token": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("b", "pw-3")},
-        "af3-bearer": {"type": "bearer", "secret": stack.put_secret("c", "bearer-1")},
+        "af2-basic": {"type": "basic", "username": "admin", "secret": stack.put_secret("af2-basic", "pw-2")},
+        "af3-token": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("af3-token", "pw-3")},
+        "af3-bearer": {"type": "bearer", "secret": stack.put_secret("af3-bearer", "bearer-1")},
         "af3-open": {"type": "none"},
         "af2-open": {"type": "none"},
-        "af3-revoked": {"type": "bearer", "secret": stack.put_secret("d", "soon-revoked")},
+        "af3-revoked": {"type": "bearer", "secret": stack.put_secret("af3-revoked", "soon-revoked")},
     }
     for name, fake in fakes.items():
         for uri in DATASETS:
@@ -219,16 +219,14 @@ def test_chaos_every_event_reaches_each_target_exactly_once_or_is_dead_lettered(
         reasons = Counter(d.error for d in letters)
         delivered = _delivered(fakes)
         both = set(delivered) & dead
-        unconfirmed = {
-            (json.loads(d.body)["id"], d.target) for d in letters if d.attributes["detail"].startswith(UNCONFIRMED)
-        }
+        unconfirmed = {(json.loads(d.body)["id"], d.target) for d in letters if d.attributes.get(UNCONFIRMED) == "true"}
         first = _summary(expected, delivered, dead)
         lost = expected - set(delivered) - dead
         queues = {name: _depth(stack.sqs, url) for name, url in (("events", stack.queue_url), ("dlq", stack.dlq_url))}
 
         # The operator puts the new token into SSM and redrives the dead letters, again while some come back
         # (a redrive of thousands at once can overload a target, and 'unconfirmed' letters are checked first).
-        stack.put_secret("d", "rotated-but-not-in-ssm")
+        stack.put_secret("af3-revoked", "rotated-but-not-in-ssm")
         redriven = box.redrive(stack.queue_url)
         late = Counter(f"{d.target}/{d.error}" for d in redriven if (json.loads(d.body).get("id"), d.target) in lost)
         wait_for(drained, timeout_s=300, what="the redriven letters to drain")

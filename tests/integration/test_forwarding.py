@@ -43,7 +43,7 @@ def test_fan_out_reaches_three_targets_of_mixed_airflow_versions_once_each(
             "url": af2.url,
             "airflow": "2",
             "datasets": [BEARS],
-            "auth": {"type": "basic", "username": "admin", "secret": stack.put_secret("b", "pw-two")},
+            "auth": {"type": "basic", "username": "admin", "secret": stack.put_secret("team-b", "pw-two")},
         },
     )
     stack.put_target(
@@ -51,7 +51,7 @@ def test_fan_out_reaches_three_targets_of_mixed_airflow_versions_once_each(
         {
             "url": af3_token.url,
             "datasets": ["s3://bucket/*"],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("c", "pw-three")},
+            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("team-c", "pw-three")},
         },
     )
     stack.put_target(
@@ -60,7 +60,7 @@ def test_fan_out_reaches_three_targets_of_mixed_airflow_versions_once_each(
             "url": af3_bearer.url,
             "airflow": "3",
             "datasets": [BEARS],
-            "auth": {"type": "bearer", "secret": stack.put_secret("d", "astro-token-1234")},
+            "auth": {"type": "bearer", "secret": stack.put_secret("team-d", "astro-token-1234")},
         },
     )
     sent = envelope(BEARS, extra={"rows": 42})
@@ -295,7 +295,7 @@ def test_airflow_token_is_fetched_again_once_when_rejected(
         {
             "url": fake.url,
             "datasets": [BEARS],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("b", "pw")},
+            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("team-b", "pw")},
         },
     )
     stack.send(envelope(BEARS))
@@ -380,7 +380,7 @@ def test_retry_of_a_record_does_not_post_again_to_a_target_it_dead_lettered(
             "url": refusing.url,
             "airflow": "3",
             "datasets": [BEARS],
-            "auth": {"type": "bearer", "secret": stack.put_secret("r", "wrong")},
+            "auth": {"type": "bearer", "secret": stack.put_secret("refusing", "wrong")},
         },
     )
     stack.put_target("flaky", {"url": flaky.url, "airflow": "3", "datasets": [BEARS]})

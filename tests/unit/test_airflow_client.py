@@ -1,4 +1,5 @@
-"""AirflowClient against the fake Airflow 2/3 REST APIs of tests/fakes (real HTTP on 127.0.0.1, no AWS)."""
+"""The HTTPS way in with the asset_event action, against the fake Airflow 2/3 REST APIs of tests/fakes
+(real HTTP on 127.0.0.1, no AWS), through the `Downstream` seam the forwarder uses."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from dataset_forwarder import runtime
-from dataset_forwarder.airflow_api import VERIFY_MAX_PAGES, VERIFY_PAGE_SIZE, AirflowClient, Posted
+from dataset_forwarder.actions.asset_event import VERIFY_MAX_PAGES, VERIFY_PAGE_SIZE
+from dataset_forwarder.airflow_rest import Posted
 from dataset_forwarder.outcomes import (
     AUTH,
     CONNECTION,
@@ -19,9 +21,12 @@ from dataset_forwarder.outcomes import (
     UNKNOWN_DATASET,
     DeliveryFailed,
 )
-from dataset_forwarder.targets import Auth, Target
+from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Reply, Transport
+from dataset_forwarder.ways_in.auth import Auth
+from dataset_forwarder.ways_in.https import HttpsWayIn
 from tests.fakes.airflow_api import FakeAirflow, Fault
+from tests.fakes.downstream import AirflowClient
 
 BEARS = "s3://bucket/bears"
 EXTRA: dict[str, Any] = {"rows": 42, "dataset_forwarder": {"id": "e1", "source": {}, "trail": ["team-a-prod"]}}
@@ -65,10 +70,9 @@ def make_target(
 ) -> Target:
     return Target(
         name=name,
-        url=url,
+        way_in=HttpsWayIn(url, auth or Auth("none")),
         airflow=airflow,
         datasets=("*",),
-        auth=auth or Auth("none"),
         timeout_s=timeout_s,
     )
 
@@ -249,7 +253,8 @@ def test_v3_asset_id_is_cached_between_deliveries(v3: FakeAirflow, client: Airfl
 def test_stale_cached_asset_id_is_resolved_once_more(v3: FakeAirflow, client: AirflowClient) -> None:
     target = make_target(v3.url, airflow="3")
     client.deliver(target, BEARS, EXTRA)
-    client._asset_ids[(target.url, BEARS)] = 999  # the asset was re-created downstream with a new id
+    endpoints = client.downstreams.get(target).endpoints()
+    endpoints._ids[BEARS] = 999  # type: ignore[attr-defined]  # the asset was re-created downstream with a new id
 
     posted = client.deliver(target, BEARS, EXTRA)
 
@@ -257,7 +262,7 @@ def test_stale_cached_asset_id_is_resolved_once_more(v3: FakeAirflow, client: Ai
     assert [event.asset_id for event in v3.events] == [1, 1]
     assert v3.count("POST", "/api/v2/assets/events") == 3  # ok, 404 with the stale id, ok
     assert v3.count("GET", "/api/v2/assets") == 2
-    assert client._asset_ids[(target.url, BEARS)] == 1
+    assert endpoints._ids[BEARS] == 1  # type: ignore[attr-defined]
 
 
 def test_unknown_dataset_on_airflow3_is_permanent(v3: FakeAirflow, client: AirflowClient) -> None:

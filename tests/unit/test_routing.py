@@ -7,7 +7,8 @@ from typing import Any
 
 from dataset_forwarder.envelope import Envelope, parse_envelope
 from dataset_forwarder.routing import Route, route
-from dataset_forwarder.targets import Auth, Catalog, Target
+from dataset_forwarder.targets import Catalog, Target
+from dataset_forwarder.ways_in.https import HttpsWayIn
 
 BEARS = "s3://bucket/bears"
 
@@ -15,10 +16,9 @@ BEARS = "s3://bucket/bears"
 def target(name: str, *datasets: str, enabled: bool = True) -> Target:
     return Target(
         name=name,
-        url=f"https://{name}.example",
+        way_in=HttpsWayIn(f"https://{name}.example"),
         airflow="3",
         datasets=datasets or (BEARS,),
-        auth=Auth("none"),
         enabled=enabled,
     )
 

@@ -9,12 +9,14 @@ from typing import Any
 import pytest
 
 from dataset_forwarder import runtime, single_flight
-from dataset_forwarder.airflow_api import AirflowClient
 from dataset_forwarder.outcomes import CONNECTION, DeliveryFailed
 from dataset_forwarder.secrets import SecretStore
 from dataset_forwarder.single_flight import SingleFlight
-from dataset_forwarder.targets import Auth, Target
+from dataset_forwarder.targets import Target
+from dataset_forwarder.ways_in.auth import Auth
+from dataset_forwarder.ways_in.https import HttpsWayIn
 from tests.fakes.airflow_api import FakeAirflow
+from tests.fakes.downstream import AirflowClient
 
 WAITERS = 7
 BEARS = "s3://bucket/bears"
@@ -98,10 +100,9 @@ def test_a_cold_target_is_probed_authenticated_and_looked_up_once_for_concurrent
         client = AirflowClient(http, SecretStore(fetch_secret, ttl_s=60))
         target = Target(
             name="team-b",
-            url=fake.url,
+            way_in=HttpsWayIn(fake.url, Auth("airflow-token", secret="/secrets/team-b", username="admin")),
             airflow="auto",
             datasets=(BEARS,),
-            auth=Auth("airflow-token", secret="/secrets/team-b", username="admin"),
         )
         start = threading.Barrier(10)
 

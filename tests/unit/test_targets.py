@@ -11,7 +11,6 @@ import pytest
 
 from dataset_forwarder.targets import (
     DEFAULT_TIMEOUT_S,
-    Auth,
     InvalidTarget,
     Target,
     TargetStore,
@@ -19,16 +18,19 @@ from dataset_forwarder.targets import (
     build_catalog,
     parse_target,
 )
+from dataset_forwarder.ways_in.auth import Auth
+from dataset_forwarder.ways_in.https import HttpsWayIn
 
 URL = "https://clxyz.astronomer.run/d8x2k1"
 
 
-def target_value(**overrides: Any) -> dict[str, Any]:
+def target_value(name: str = "team-b", **overrides: Any) -> dict[str, Any]:
+    """A valid value for target `name` (its secret lies under that name)."""
     value: dict[str, Any] = {
         "url": URL,
         "airflow": "auto",
         "datasets": ["s3://bucket/bears", "s3://lake/raw/*"],
-        "auth": {"type": "bearer", "secret": "/dataset-forwarder/secrets/team-b"},
+        "auth": {"type": "bearer", "secret": f"/dataset-forwarder/secrets/{name}"},
         "timeout_s": 10,
         "enabled": True,
     }
@@ -43,7 +45,7 @@ def rejected(value: str | Mapping[str, Any], *, name: str = "team-b", allow_http
 
 
 def target(*datasets: str, name: str = "t", enabled: bool = True) -> Target:
-    return Target(name=name, url=URL, airflow="3", datasets=datasets, auth=Auth("none"), enabled=enabled)
+    return Target(name=name, way_in=HttpsWayIn(URL), airflow="3", datasets=datasets, enabled=enabled)
 
 
 # -- valid targets ----------------------------------------------------------------------------
@@ -54,42 +56,43 @@ def test_design_example_parses_from_json_text() -> None:
 
     assert parsed == Target(
         name="team-b",
-        url=URL,
+        way_in=HttpsWayIn(URL, Auth("bearer", secret="/dataset-forwarder/secrets/team-b")),
         airflow="auto",
         datasets=("s3://bucket/bears", "s3://lake/raw/*"),
-        auth=Auth("bearer", secret="/dataset-forwarder/secrets/team-b"),
         timeout_s=10.0,
         enabled=True,
     )
 
 
 def test_bearer_auth_drops_a_stray_username() -> None:
-    auth = {"type": "bearer", "secret": "/s/token", "username": "ignored"}
-    assert parse_target("t", target_value(auth=auth)).auth == Auth("bearer", secret="/s/token")
+    auth = {"type": "bearer", "secret": "/dataset-forwarder/secrets/team-b/token", "username": "ignored"}
+    assert parse_target("team-b", target_value(auth=auth)).way_in.auth == Auth(
+        "bearer", secret="/dataset-forwarder/secrets/team-b/token"
+    )
 
 
 def test_basic_auth_keeps_username_and_secret() -> None:
-    auth = {"type": "basic", "username": "admin", "secret": "/s/pw"}
-    assert parse_target("t", target_value(airflow="2", auth=auth)).auth == Auth(
-        "basic", secret="/s/pw", username="admin"
+    auth = {"type": "basic", "username": "admin", "secret": "/dataset-forwarder/secrets/team-b/pw"}
+    assert parse_target("team-b", target_value(airflow="2", auth=auth)).way_in.auth == Auth(
+        "basic", secret="/dataset-forwarder/secrets/team-b/pw", username="admin"
     )
 
 
 def test_airflow_token_auth_keeps_username_and_secret() -> None:
-    auth = {"type": "airflow-token", "username": "admin", "secret": "/s/pw"}
-    assert parse_target("t", target_value(airflow="3", auth=auth)).auth == Auth(
-        "airflow-token", secret="/s/pw", username="admin"
+    auth = {"type": "airflow-token", "username": "admin", "secret": "/dataset-forwarder/secrets/team-b/pw"}
+    assert parse_target("team-b", target_value(airflow="3", auth=auth)).way_in.auth == Auth(
+        "airflow-token", secret="/dataset-forwarder/secrets/team-b/pw", username="admin"
     )
 
 
 def test_none_auth_needs_nothing_else() -> None:
-    assert parse_target("t", target_value(auth={"type": "none"})).auth == Auth("none")
+    assert parse_target("team-b", target_value(auth={"type": "none"})).way_in.auth == Auth("none")
 
 
 def test_missing_auth_means_none() -> None:
     value = target_value()
     del value["auth"]
-    assert parse_target("t", value).auth == Auth("none")
+    assert parse_target("t", value).way_in.auth == Auth("none")
 
 
 def test_defaults_apply_when_optional_fields_are_missing() -> None:
@@ -98,55 +101,58 @@ def test_defaults_apply_when_optional_fields_are_missing() -> None:
     assert parsed.airflow == "auto"
     assert parsed.timeout_s == DEFAULT_TIMEOUT_S == 10.0
     assert parsed.enabled is True
-    assert parsed.auth == Auth("none")
+    assert parsed.way_in.auth == Auth("none")
 
 
 @pytest.mark.parametrize(("given", "expected"), [("2", "2"), ("3", "3"), (2, "2"), (3, "3"), ("auto", "auto")])
 def test_airflow_version_accepts_strings_and_integers(given: Any, expected: str) -> None:
-    assert parse_target("t", target_value(airflow=given)).airflow == expected
+    assert parse_target("team-b", target_value(airflow=given)).airflow == expected
 
 
 @pytest.mark.parametrize("timeout", [0.5, 1, 60, 60.0])
 def test_timeout_within_range_is_accepted_as_float(timeout: float) -> None:
-    parsed = parse_target("t", target_value(timeout_s=timeout))
+    parsed = parse_target("team-b", target_value(timeout_s=timeout))
     assert parsed.timeout_s == float(timeout)
     assert isinstance(parsed.timeout_s, float)
 
 
 def test_disabled_target_parses() -> None:
-    assert parse_target("t", target_value(enabled=False)).enabled is False
+    assert parse_target("team-b", target_value(enabled=False)).enabled is False
 
 
 @pytest.mark.parametrize("name", ["a", "team-b", "Team_B.prod-2", "x" * 64])
 def test_valid_names_are_accepted(name: str) -> None:
-    assert parse_target(name, target_value()).name == name
+    assert parse_target(name, target_value(name)).name == name
 
 
 def test_trailing_slash_of_url_is_removed() -> None:
-    assert parse_target("t", target_value(url=URL + "/")).url == URL
+    assert parse_target("team-b", target_value(url=URL + "/")).way_in.url == URL
 
 
 def test_url_with_port_and_path_is_accepted() -> None:
     assert (
-        parse_target("t", target_value(url="https://airflow.example:8443/a/b")).url
+        parse_target("team-b", target_value(url="https://airflow.example:8443/a/b")).way_in.url
         == "https://airflow.example:8443/a/b"
     )
 
 
 def test_duplicate_datasets_are_collapsed_in_order() -> None:
-    parsed = parse_target("t", target_value(datasets=["s3://b/2", "s3://b/1", "s3://b/2"]))
+    parsed = parse_target("team-b", target_value(datasets=["s3://b/2", "s3://b/1", "s3://b/2"]))
     assert parsed.datasets == ("s3://b/2", "s3://b/1")
 
 
 def test_http_url_is_accepted_when_allowed() -> None:
-    assert parse_target("t", target_value(url="http://127.0.0.1:8080"), allow_http=True).url == "http://127.0.0.1:8080"
+    assert (
+        parse_target("team-b", target_value(url="http://127.0.0.1:8080"), allow_http=True).way_in.url
+        == "http://127.0.0.1:8080"
+    )
 
 
 def test_to_json_round_trips() -> None:
-    auth = {"type": "basic", "username": "admin", "secret": "/s/pw"}
-    parsed = parse_target("t", target_value(auth=auth, timeout_s=2.5, enabled=False))
+    auth = {"type": "basic", "username": "admin", "secret": "/dataset-forwarder/secrets/team-b/pw"}
+    parsed = parse_target("team-b", target_value(auth=auth, timeout_s=2.5, enabled=False))
 
-    assert parse_target("t", json.dumps(parsed.to_json())) == parsed
+    assert parse_target("team-b", json.dumps(parsed.to_json())) == parsed
 
 
 # -- rejected targets -------------------------------------------------------------------------
@@ -219,7 +225,9 @@ def test_missing_or_non_string_url_is_rejected(url: Any) -> None:
     value = target_value(url=url)
     if url is None:
         del value["url"]
-    assert "'url' is required" in rejected(value)
+    message = rejected(value)
+    assert "'url'" in message
+    assert "required" in message
 
 
 @pytest.mark.parametrize("airflow", ["4", "v3", 1, True, None, "3.0"])
@@ -265,7 +273,7 @@ def test_auth_without_secret_is_rejected(auth_type: str) -> None:
 
 @pytest.mark.parametrize("auth_type", ["basic", "airflow-token"])
 def test_auth_without_username_is_rejected(auth_type: str) -> None:
-    message = rejected(target_value(auth={"type": auth_type, "secret": "/s/pw"}))
+    message = rejected(target_value(auth={"type": auth_type, "secret": "/dataset-forwarder/secrets/team-b/pw"}))
     assert "'auth.username'" in message
     assert auth_type in message
 
@@ -336,7 +344,7 @@ def test_build_catalog_separates_good_and_broken_parameters() -> None:
         "team-b": json.dumps(target_value()),
         "team-c": json.dumps(target_value(url="http://insecure")),
         "team-d": "not json",
-        "team-e": json.dumps(target_value(enabled=False)),
+        "team-e": json.dumps(target_value("team-e", enabled=False)),
     }
 
     catalog = build_catalog(raw, allow_http=False)
@@ -355,7 +363,7 @@ def test_build_catalog_reports_a_bad_name_as_broken() -> None:
 
 
 def test_build_catalog_honours_allow_http() -> None:
-    catalog = build_catalog({"local": json.dumps(target_value(url="http://127.0.0.1:8080"))}, allow_http=True)
+    catalog = build_catalog({"local": json.dumps(target_value("local", url="http://127.0.0.1:8080"))}, allow_http=True)
     assert set(catalog.targets) == {"local"}
     assert catalog.broken == {}
 
@@ -387,7 +395,7 @@ class Fetcher:
 
 
 def one_target(name: str = "team-b") -> dict[str, str]:
-    return {name: json.dumps(target_value())}
+    return {name: json.dumps(target_value(name))}
 
 
 def make_store(

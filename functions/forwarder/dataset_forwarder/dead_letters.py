@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .envelope import sqs_text
 from .outcomes import MAX_DETAIL
 
 NO_TARGET = "-"
+UNCONFIRMED = "unconfirmed"
 
 
 @dataclass(frozen=True)
@@ -21,11 +23,14 @@ class DeadLetter:
     detail: str
     attempts: int
     failed_at: str
+    unconfirmed: bool = False  # the target may already hold the pair; a redrive checks before posting
 
     @classmethod
-    def now(cls, *, body: str, target: str, error: str, detail: str, attempts: int) -> DeadLetter:
+    def now(
+        cls, *, body: str, target: str, error: str, detail: str, attempts: int, unconfirmed: bool = False
+    ) -> DeadLetter:
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        return cls(body, target, error, detail[:MAX_DETAIL], attempts, failed_at)
+        return cls(sqs_text(body), target, error, sqs_text(detail)[:MAX_DETAIL], attempts, failed_at, unconfirmed)
 
     def message_attributes(self) -> dict[str, dict[str, str]]:
         values = {
@@ -35,6 +40,8 @@ class DeadLetter:
             "attempts": str(self.attempts),
             "failed_at": self.failed_at,
         }
+        if self.unconfirmed:
+            values[UNCONFIRMED] = "true"
         return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}
 
 

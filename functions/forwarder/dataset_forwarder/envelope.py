@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,6 +31,17 @@ class Envelope:
     trail: tuple[str, ...]
     only_targets: tuple[str, ...] | None
     raw: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        """`asset_event` (also when absent) or `dag_run`; the forwarder routes both alike."""
+        kind = self.raw.get("kind")
+        return kind if isinstance(kind, str) and kind else "asset_event"
+
+    @property
+    def partition_key(self) -> str | None:
+        key = self.raw.get("partition_key")
+        return key if isinstance(key, str) else None
 
     @property
     def emitted_at(self) -> datetime | None:
@@ -66,13 +78,24 @@ def parse_time(value: Any) -> datetime | None:
 
 
 def dumps(data: Any) -> str:
-    """Compact JSON; non-ASCII kept as is unless it cannot be UTF-8 encoded (lone surrogates)."""
+    """Compact JSON; non-ASCII kept as is unless SQS would refuse a character (lone surrogates, U+FFFE…)."""
     text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(data, separators=(",", ":"))
+    if not sqs_accepts(text):
+        text = json.dumps(data, separators=(",", ":"))  # all escaped: ASCII only, the same JSON value
     return text
+
+
+# The characters SQS accepts in a message body and String attributes (its documented set).
+_NOT_SQS = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def sqs_accepts(text: str) -> bool:
+    return _NOT_SQS.search(text) is None
+
+
+def sqs_text(text: str) -> str:
+    """`text` with every character SQS would refuse (e.g. a control byte from a downstream) replaced by U+FFFD."""
+    return _NOT_SQS.sub("\ufffd", text)
 
 
 def _optional_str(data: dict[str, Any], key: str) -> str | None:

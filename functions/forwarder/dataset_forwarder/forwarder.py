@@ -36,7 +36,7 @@ from .stats import DEAD_LETTERED, DELIVERED, DUPLICATE, LOOP_SKIPPED, RETRIED, U
 from .targets import Target, TargetStore, TargetsUnavailable
 
 if TYPE_CHECKING:
-    from .airflow_api import AirflowClient
+    from .downstream import Downstreams
     from .ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,14 @@ DEAD_LETTERED_OUTCOME = "dead_lettered"
 RETRY_OUTCOME = "retry"
 WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
 TIME_MARGIN_S = 3.0
-# Leads the detail of a dead letter whose pair the target may hold already: its last POST lost its answer,
-# or a failure kept us from checking whether an earlier, ambiguous try landed.
-UNCONFIRMED = "unconfirmed, a try may have landed (a redrive checks before posting)"
+# After a POST that may have landed, other copies of the pair wait (and its own retry waits) at least this many
+# of the target's timeouts before checking the target: a downstream still working on the POST commits by then.
+HOLD_TIMEOUTS = 2.0
+
+
+def max_timeout_s(function_timeout_s: float) -> float:
+    """The longest target timeout whose worst-case delivery can start in a fresh invocation."""
+    return max(0.1, (function_timeout_s - TIME_MARGIN_S) / WORST_CASE_CALLS)
 
 
 def verify_first(message: InboundMessage, envelope: Envelope) -> bool:
@@ -78,7 +83,7 @@ class Forwarder:
         *,
         settings: Settings,
         targets: TargetStore,
-        client: AirflowClient,
+        downstreams: Downstreams,
         ledger: Ledger,
         dead_letters: DeadLetterQueue,
         queue: QueueControl,
@@ -87,7 +92,7 @@ class Forwarder:
     ) -> None:
         self._settings = settings
         self._targets = targets
-        self._client = client
+        self._downstreams = downstreams
         self._ledger = ledger
         self._dead_letters = dead_letters
         self._queue = queue
@@ -179,11 +184,21 @@ class Forwarder:
             return self._after_failure(message, envelope, target.name, failure, context)
         started = time.monotonic()
 
+        downstream = self._downstreams.get(target)
+
         def post(earlier_try: bool) -> dict[str, Any]:
             if (earlier_try or verify_first(message, envelope)) and self._already_received(target, envelope):
                 return {"found_downstream": True}
-            posted = self._client.deliver(target, envelope.uri, envelope.downstream_extra())
-            return {"status": posted.status, "api": posted.api, "downstream_event_id": posted.downstream_event_id}
+            try:
+                posted = downstream.deliver(envelope)
+            except DeliveryFailed as exc:
+                if exc.may_have_landed:  # hold the pair, and wait as long before this record's own next try
+                    exc.hold_s = self._hold_s(target)
+                    exc.retry_after_s = max(exc.retry_after_s or 0.0, exc.hold_s)
+                raise
+            if posted.already_there:
+                return {"found_downstream": True}
+            return {"status": posted.status, "api": posted.api, "downstream_id": posted.downstream_id}
 
         try:
             result, replayed = self._ledger.deliver_once(envelope.id, target.name, post)
@@ -207,9 +222,14 @@ class Forwarder:
             return Settlement(target.name, DELIVERED_OUTCOME)
         return self._after_failure(message, envelope, target.name, failure, context)
 
+    def _hold_s(self, target: Target) -> float:
+        return max(self._settings.retry_base_delay_s / 2, HOLD_TIMEOUTS * target.timeout_s)
+
     def _already_received(self, target: Target, envelope: Envelope) -> bool:
+        # The check may page; it must end in time for the POST that may follow and the bookkeeping after it.
+        deadline = time.monotonic() + self._seconds_left() - target.timeout_s - TIME_MARGIN_S
         try:
-            return self._client.already_received(target, envelope.uri, envelope.id, since=envelope.emitted_at)
+            return self._downstreams.get(target).already_received(envelope, deadline=deadline)
         except DeliveryFailed as exc:
             # The operator must know that this pair may be delivered already; a redrive checks again first.
             raise DeliveryFailed(
@@ -232,13 +252,20 @@ class Forwarder:
             return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
             return Settlement(target, DUPLICATE_OUTCOME)
-        detail = f"{UNCONFIRMED}: {failure.detail}" if failure.may_have_landed else failure.detail
+        detail = failure.detail
         try:
-            self._dead_letter(message, target, envelope.dead_letter_body(target), failure.error, detail)
+            self._dead_letter(
+                message,
+                target,
+                envelope.dead_letter_body(target),
+                failure.error,
+                detail,
+                unconfirmed=failure.may_have_landed,
+            )
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
             return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
-        log.error("delivery failed, dead-lettered", extra={**details, "detail": detail})
+        log.error("delivery failed, dead-lettered", extra={**details, "unconfirmed": failure.may_have_landed})
         return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, detail)
 
     def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
@@ -258,8 +285,17 @@ class Forwarder:
         failure = DeliveryFailed(INVALID_TARGET, reason, transient=False)
         return self._after_failure(message, envelope, name, failure, context)
 
-    def _dead_letter(self, message: InboundMessage, target: str, body: str, error: str, detail: str) -> None:
-        letter = DeadLetter.now(body=body, target=target, error=error, detail=detail, attempts=message.receive_count)
+    def _dead_letter(
+        self, message: InboundMessage, target: str, body: str, error: str, detail: str, *, unconfirmed: bool = False
+    ) -> None:
+        letter = DeadLetter.now(
+            body=body,
+            target=target,
+            error=error,
+            detail=detail,
+            attempts=message.receive_count,
+            unconfirmed=unconfirmed,
+        )
         _, replayed = self._ledger.dead_letter_once(
             message.message_id, target, lambda: {"dead_letter_id": self._dead_letters.send(letter)}
         )

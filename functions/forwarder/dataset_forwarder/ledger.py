@@ -29,7 +29,7 @@ from aws_lambda_powertools.utilities.idempotency.idempotency import idempotent_f
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
-from .outcomes import AlreadyInFlight
+from .outcomes import AlreadyInFlight, DeliveryFailed
 
 if TYPE_CHECKING:
     StoreFactory = Callable[[], BasePersistenceLayer]
@@ -77,14 +77,15 @@ class DeliveryRecords(BasePersistenceLayer):
         return state  # type: ignore[no-any-return]
 
     def delete_record(self, data: dict[str, Any], exception: Exception) -> None:
-        if not getattr(exception, "may_have_landed", False):
+        if not (isinstance(exception, DeliveryFailed) and exception.may_have_landed):
             super().delete_record(data, exception)
             return
         idempotency_key = self._get_hashed_idempotency_key(data=data)
         if idempotency_key is None:
             return
+        hold_s = exception.hold_s if exception.hold_s is not None else self.hold_s
         try:
-            self._hold(idempotency_key, until_ms=int((time.time() + self.hold_s) * 1000))
+            self._hold(idempotency_key, until_ms=int((time.time() + hold_s) * 1000))
         except Exception as exc:  # left as it is, the record holds until the invocation's deadline: still safe
             log.warning("cannot shorten the hold of an ambiguous delivery: %s", type(exc).__name__)
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING
+from urllib.parse import quote, quote_plus
+
+if TYPE_CHECKING:
+    from .transport import Reply
 
 MAX_DETAIL = 1000
+BODY_EXCERPT = 300
 MAX_RETRY_AFTER_S = 86400.0  # a longer Retry-After is nonsense; the caller caps lower anyway
 TRANSIENT_STATUSES = frozenset({408, 429})
 
@@ -15,6 +23,7 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 TIMEOUT = "timeout"
 CONNECTION = "connection"
 UNKNOWN_DATASET = "unknown_dataset"
+UNKNOWN_DAG = "unknown_dag"
 AUTH = "auth"
 INVALID_MESSAGE = "invalid_message"
 INVALID_TARGET = "invalid_target"
@@ -43,6 +52,7 @@ class DeliveryFailed(Exception):
         self.transient = transient
         self.retry_after_s = retry_after_s
         self.may_have_landed = may_have_landed
+        self.hold_s: float | None = None  # set by the forwarder: how long the ledger holds the pair after it
 
 
 class AlreadyInFlight(Exception):
@@ -69,31 +79,60 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return min(MAX_RETRY_AFTER_S, max(0.0, (when - (now or datetime.now(UTC))).total_seconds()))
 
 
-def failure_for_status(status: int, headers: Mapping[str, str], detail: str) -> DeliveryFailed:
-    """The failure a non-2xx answer means. 404 is left to the caller when it has more context."""
+def failure_for_status(
+    status: int, headers: Mapping[str, str], detail: str, secrets: Iterable[str] = ()
+) -> DeliveryFailed:
+    """The failure a non-2xx answer means. 404 is left to the caller when it has more context.
+
+    The final detail (with a redirect's Location) is redacted of every credential in `secrets`.
+    """
+    retry_after_s = None
     if is_transient_status(status):
-        return DeliveryFailed(
-            f"http_{status}", detail, transient=True, retry_after_s=parse_retry_after(headers.get("Retry-After"))
-        )
-    if status in (401, 403):
-        return DeliveryFailed(AUTH, detail, transient=False)
-    if status == 404:
-        return DeliveryFailed(UNKNOWN_DATASET, detail, transient=False)
-    if 300 <= status <= 399:
-        location = headers.get("Location", "?")
-        return DeliveryFailed(
-            INVALID_TARGET, f"{detail} (redirect to {location} not followed: fix the target url)", transient=False
-        )
-    if 400 <= status <= 599:
-        return DeliveryFailed(f"http_{status}", detail, transient=False)
-    return DeliveryFailed(f"http_{status}" if status >= 100 else CONNECTION, detail, transient=True)
+        error, transient = f"http_{status}", True
+        retry_after_s = parse_retry_after(headers.get("Retry-After"))
+    elif status in (401, 403):
+        error, transient = AUTH, False
+    elif status == 404:
+        error, transient = UNKNOWN_DATASET, False
+    elif 300 <= status <= 399:
+        error, transient = INVALID_TARGET, False
+        detail = f"{detail} (redirect to {headers.get('Location', '?')} not followed: fix the target url)"
+    elif 400 <= status <= 599:
+        error, transient = f"http_{status}", False
+    else:
+        error, transient = (f"http_{status}" if status >= 100 else CONNECTION), True
+    return DeliveryFailed(error, redact(detail, secrets), transient=transient, retry_after_s=retry_after_s)
+
+
+def excerpt(reply: Reply, secrets: Iterable[str]) -> str:
+    """The start of an answer's body for a failure's detail: redacted first, then cut."""
+    text = redact(reply.content.decode("utf-8", errors="replace"), secrets)  # the whole body: nothing cut yet
+    return " ".join(text.split())[:BODY_EXCERPT]
+
+
+MIN_SECRET_LENGTH = 4
+
+
+def _forms(secret: str) -> set[str]:
+    """The ways a credential can come back in a downstream's answer: as is, JSON-escaped, URL-encoded."""
+    return {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of a secret value (and trivially short ones never) with ***."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+    """Replace every occurrence of a secret, in each of its encodings, with ***.
+
+    Redact the final text, then cut it: a secret cut in half is no longer recognised.
+    Values shorter than 4 characters are left alone (they would match everywhere).
+    """
+    forms = {form for secret in secrets if secret and len(secret) >= MIN_SECRET_LENGTH for form in _forms(secret)}
+    for form in sorted(forms, key=len, reverse=True):
+        text = re.sub(re.escape(form), "***", text, flags=re.IGNORECASE) if "%" in form else text.replace(form, "***")
     return text
 
 

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .transport import Transport
 
 USER_AGENT = "airflow-dataset-forwarder/0.1"
-MAX_TARGET_POOLS = 128  # hosts whose connections are kept; beyond that the least recently used pool closes
 
 _lock = threading.Lock()
 _forwarder: Forwarder | None = None
@@ -47,25 +46,10 @@ def install(built: Forwarder) -> None:
 
 
 def http_transport(pool_size: int) -> Transport:
-    """Keep-alive connections sized to the workers; urllib3 retries only what is safe to repeat."""
-    from urllib3.util.retry import Retry
+    """The function's transport to downstream APIs (see `transport.for_targets`)."""
+    from .transport import for_targets
 
-    from .transport import Transport
-
-    retry = Retry(
-        total=1,
-        connect=1,  # the request never left: safe for POST too
-        read=1,  # GET only (allowed_methods): a lookup cut off mid-answer is repeated once
-        status=0,  # status codes are classified by us, not retried blindly
-        other=0,
-        redirect=0,
-        allowed_methods=frozenset({"GET"}),  # read errors on POST are ambiguous: our retry policy decides
-        backoff_factor=0.2,
-        raise_on_status=False,
-        raise_on_redirect=False,
-    )
-    # One pool per target host, each as large as the workers: connections are kept, never dropped for lack of room.
-    return Transport(pool_size=pool_size, max_hosts=MAX_TARGET_POOLS, retries=retry, headers={"User-Agent": USER_AGENT})
+    return for_targets(pool_size, user_agent=USER_AGENT)
 
 
 class _OnFirstUse:
@@ -92,15 +76,17 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
     from aws_lambda_powertools.utilities.parameters import SSMProvider
     from botocore.config import Config
 
-    from .airflow_api import AirflowClient
     from .dead_letters import DeadLetterQueue
+    from .downstream import Downstreams
     from .forwarder import Forwarder
     from .ledger import Ledger
     from .queue_control import QueueControl
     from .secrets import SecretNotFound, SecretStore
+    from .services import Services
     from .settings import Settings
     from .stats import INVALID_TARGET_CONFIG, Stats
     from .targets import TargetStore
+    from .ways_in.mwaa import MwaaClients
 
     settings = settings or Settings.from_env()
     boto_config = Config(
@@ -148,11 +134,15 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
         targets=TargetStore(
             fetch_targets,
             ttl_s=settings.config_ttl_s,
-            allow_http=settings.allow_http_targets,
+            rules=settings.parse_rules(),
             on_broken=lambda name, _reason: stats.count(INVALID_TARGET_CONFIG, name),
         ),
-        client=AirflowClient(
-            http_transport(settings.max_workers), SecretStore(fetch_secret, ttl_s=settings.config_ttl_s)
+        downstreams=Downstreams(
+            Services(
+                transport=http_transport(settings.max_workers),
+                secrets=SecretStore(fetch_secret, ttl_s=settings.config_ttl_s),
+                mwaa=MwaaClients(lambda: session, endpoint_override=settings.mwaa_endpoint_override),
+            )
         ),
         ledger=ledger,
         dead_letters=DeadLetterQueue(sqs, settings.dead_letter_queue_url),

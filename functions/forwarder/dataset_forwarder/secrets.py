@@ -45,10 +45,11 @@ class SecretStore:
         try:
             value = self._fetch(name)
         except SecretNotFound as exc:
-            raise DeliveryFailed(AUTH, f"cannot read secret parameter {name}: {exc}", transient=False) from None
+            # The name is not echoed: a token pasted where the parameter's name belongs would be.
+            raise DeliveryFailed(AUTH, f"cannot read the target's secret parameter: {exc}", transient=False) from None
         except Exception as exc:
             raise DeliveryFailed(
-                CONNECTION, f"cannot fetch secret parameter {name}: {type(exc).__name__}", transient=True
+                CONNECTION, f"cannot fetch the target's secret parameter: {type(exc).__name__}", transient=True
             ) from None
         with self._lock:
             self._values[name] = (value, now + self._ttl_s)

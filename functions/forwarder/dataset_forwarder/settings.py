@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .targets import ParseRules
 
 DEFAULT_TARGETS_PATH = "/dataset-forwarder/targets"
+DEFAULT_SECRETS_PATH = "/dataset-forwarder/secrets"
 DEFAULT_MAX_WORKERS = 256
 
 
@@ -51,6 +56,18 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
+def _path(env: Mapping[str, str], name: str, default: str) -> str:
+    path = env.get(name, "").strip() or default
+    if not path.startswith("/"):
+        raise SettingsError(f"{name} must start with '/', got {path!r}")
+    return path.rstrip("/") or "/"
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated allow-list: empty = none, `*` = any."""
+    return tuple(dict.fromkeys(item.strip() for item in env.get(name, "").split(",") if item.strip()))
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     if not value:
@@ -74,17 +91,40 @@ class Settings:
     # wave paying the downstream's whole latency again.
     max_workers: int = DEFAULT_MAX_WORKERS
     idempotency_ttl_s: int = 14 * 24 * 3600
+    secrets_path: str = DEFAULT_SECRETS_PATH
+    mwaa_environments: tuple[str, ...] = ()
+    target_role_arns: tuple[str, ...] = ()
+    # Lambda does not tell a function its timeout: the template passes it, so that a target's timeout_s that
+    # could never fit is refused when the target is read, not on every try.
+    function_timeout_s: float = 60.0
+    mwaa_endpoint_override: bool = False
+
+    def parse_rules(self) -> ParseRules:
+        from .forwarder import max_timeout_s
+        from .targets import ParseRules
+
+        return ParseRules(
+            allow_http=self.allow_http_targets,
+            secrets_path=self.secrets_path,
+            mwaa_environments=self.mwaa_environments,
+            role_arns=self.target_role_arns,
+            max_timeout_s=max_timeout_s(self.function_timeout_s),
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        targets_path = env.get("TARGETS_PATH", "").strip() or DEFAULT_TARGETS_PATH
-        if not targets_path.startswith("/"):
-            raise SettingsError(f"TARGETS_PATH must start with '/', got {targets_path!r}")
         return cls(
             dead_letter_queue_url=_required(env, "DEAD_LETTER_QUEUE_URL"),
             idempotency_table=_required(env, "IDEMPOTENCY_TABLE"),
-            targets_path=targets_path.rstrip("/") or "/",
+            targets_path=_path(env, "TARGETS_PATH", DEFAULT_TARGETS_PATH),
+            secrets_path=_path(env, "SECRETS_PATH", DEFAULT_SECRETS_PATH),
+            mwaa_environments=_names(env, "MWAA_ENVIRONMENTS"),
+            target_role_arns=_names(env, "TARGET_ROLE_ARNS"),
+            function_timeout_s=_number(env, "FUNCTION_TIMEOUT_S", 60.0, 3.5, 900.0),
+            mwaa_endpoint_override=bool(
+                env.get("AWS_ENDPOINT_URL_MWAA", "").strip() or env.get("AWS_ENDPOINT_URL", "").strip()
+            ),
             max_attempts=_int(env, "MAX_ATTEMPTS", 5, 1, 100),
             config_ttl_s=_int(env, "CONFIG_TTL_S", 60, 0, 86400),
             allow_http_targets=_bool(env, "ALLOW_HTTP_TARGETS", False),
