@@ -36,7 +36,7 @@ FULL_PARAMETERS = {
     "UpstreamPrincipalArn": "arn:aws:iam::111122223333:role/astro-workload-identity",
     "UpstreamExternalId": "team-a-7f3c9e",
     "MwaaEnvironments": "team-c-prod,team-d-prod",
-    "MwaaAirflowRole": "User",
+    "MwaaAirflowRole": "Op",
     "TargetRoleArns": (
         "arn:aws:iam::210987654321:role/dataset-forwarder-invoke,arn:aws:iam::210987654322:role/forwarder/invoke"
     ),

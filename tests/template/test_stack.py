@@ -262,12 +262,12 @@ def test_mwaa_grant_names_each_environment_as_the_airflow_role(
     [named] = _inline_policies(full_stack)["invoke-mwaa-rest-api"]
     assert _as_list(named["Action"]) == ["airflow:InvokeRestApi"]
     assert sorted(_resources(named)) == [
-        f"arn:aws:airflow:*:{ACCOUNT}:role/team-c-prod/User",
-        f"arn:aws:airflow:*:{ACCOUNT}:role/team-d-prod/User",
+        f"arn:aws:airflow:*:{ACCOUNT}:role/team-c-prod/Op",
+        f"arn:aws:airflow:*:{ACCOUNT}:role/team-d-prod/Op",
     ]
     [any_environment] = _inline_policies(any_mwaa_stack)["invoke-mwaa-rest-api"]
     assert _as_list(any_environment["Action"]) == ["airflow:InvokeRestApi"]
-    assert _resources(any_environment) == [f"arn:aws:airflow:*:{ACCOUNT}:role/*/Op"]  # any environment, still as Op
+    assert _resources(any_environment) == [f"arn:aws:airflow:*:{ACCOUNT}:role/*/User"]  # any environment, as User
 
 
 def test_mwaa_grant_takes_up_to_ten_environments(aws_session: Any, transformed: dict[str, Any]) -> None:
@@ -277,7 +277,7 @@ def test_mwaa_grant_takes_up_to_ten_environments(aws_session: Any, transformed: 
     stack = DeployedStack(aws_session, description, parameters)
     assert stack.status == "CREATE_COMPLETE", stack.failure_events()
     [statement] = _inline_policies(stack)["invoke-mwaa-rest-api"]
-    assert sorted(_resources(statement)) == sorted(_mwaa_role_arns(",".join(names), "Op"))
+    assert sorted(_resources(statement)) == sorted(_mwaa_role_arns(",".join(names), "User"))
 
 
 def test_assume_role_grant_is_exactly_the_target_role_arns(full_stack: DeployedStack) -> None:

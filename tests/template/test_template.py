@@ -278,7 +278,9 @@ def test_mwaa_environments_and_target_roles_accept_only_names_and_plain_arns(tra
         assert environments.fullmatch(good), good
     for bad in ("a, b", "a,*", "*,a", "a,", "1env", ",".join(f"e{i}" for i in range(11))):
         assert not environments.fullmatch(bad), bad
-    assert transformed["Parameters"]["MwaaAirflowRole"]["Default"] == "Op"
+    # the least built-in Airflow role with can_create on DAG Runs and (FAB provider's current role
+    # definitions) Assets; Op adds connections, variables and pools (README "MWAA targets")
+    assert transformed["Parameters"]["MwaaAirflowRole"]["Default"] == "User"
     roles = re.compile(transformed["Parameters"]["TargetRoleArns"]["AllowedPattern"])
     role = "arn:aws:iam::210987654321:role/dataset-forwarder-invoke"
     for good in ("", role, f"{role},{role}2"):
@@ -496,3 +498,20 @@ def test_outputs_name_everything_the_upstream_and_on_call_need(transformed: dict
     } <= set(outputs)
     environment = _sub(outputs["UpstreamEnvironment"]["Value"])
     assert environment == "DATASET_FORWARDER_QUEUE_URL=${EventsQueue} AWS_DEFAULT_REGION=${AWS::Region}"
+
+
+def test_security_md_backs_each_template_claim_with_an_existing_test() -> None:
+    text = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+    section = text.split("## What the template enforces", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    defined = {
+        match
+        for path in (ROOT / "tests" / "template").glob("test_*.py")
+        for match in re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    assert len(named) >= 20
+    assert named <= defined, sorted(named - defined)
+    claims = [line for line in section.splitlines() if line.startswith("- **")]
+    assert claims
+    for claim in section.split("\n- **")[1:]:
+        assert re.search(r"`test_\w+`", claim), claim.splitlines()[0]
