@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 
 # Every option switched away from its default, so a value that does not reach the resource shows.
+# SubnetIds and SecurityGroupIds are added by `full_stack`, from a VPC it creates in moto first.
 FULL_PARAMETERS = {
     "TargetsPath": "/team-a/forwarder/targets",
     "SecretsPath": "/team-a/forwarder/secrets",
@@ -33,8 +34,15 @@ FULL_PARAMETERS = {
     "MaximumConcurrency": "3",
     "ReservedConcurrency": "8",
     "UpstreamPrincipalArn": "arn:aws:iam::111122223333:role/astro-workload-identity",
+    "UpstreamExternalId": "team-a-7f3c9e",
+    "MwaaEnvironments": "team-c-prod,team-d-prod",
+    "MwaaAirflowRole": "Op",
+    "TargetRoleArns": (
+        "arn:aws:iam::210987654321:role/dataset-forwarder-invoke,arn:aws:iam::210987654322:role/forwarder/invoke"
+    ),
     "AlarmEmail": "oncall@example.com",
     "OldestMessageAgeAlarmSeconds": "600",
+    "DeadLetterAgeAlarmSeconds": "432000",
     "LogLevel": "DEBUG",
     "LogRetentionInDays": "14",
 }
@@ -120,8 +128,29 @@ def default_stack(aws_session: Any, transformed: dict[str, Any]) -> DeployedStac
     return DeployedStack(aws_session, sam_stack.deploy(aws_session, "forwarder-defaults", template_path=TEMPLATE), {})
 
 
+def _private_network(session: Any) -> dict[str, str]:
+    """A VPC with two subnets and a security group in moto: SubnetIds and SecurityGroupIds for a stack."""
+    ec2 = session.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"]
+        for cidr, zone in (("10.20.1.0/24", "us-east-1a"), ("10.20.2.0/24", "us-east-1b"))
+    ]
+    group = ec2.create_security_group(VpcId=vpc, GroupName="forwarder", Description="forwarder egress")["GroupId"]
+    return {"SubnetIds": ",".join(subnets), "SecurityGroupIds": group}
+
+
 @pytest.fixture(scope="session")
 def full_stack(aws_session: Any, transformed: dict[str, Any]) -> DeployedStack:
-    """Every parameter changed: upstream role, alarm e-mail, custom paths and limits."""
-    description = sam_stack.deploy(aws_session, "forwarder-full", FULL_PARAMETERS, template_path=TEMPLATE)
-    return DeployedStack(aws_session, description, dict(FULL_PARAMETERS))
+    """Every parameter changed: VPC, MWAA environments, target roles, upstream role, alarm e-mail, paths, limits."""
+    parameters = {**FULL_PARAMETERS, **_private_network(aws_session)}
+    description = sam_stack.deploy(aws_session, "forwarder-full", parameters, template_path=TEMPLATE)
+    return DeployedStack(aws_session, description, parameters)
+
+
+@pytest.fixture(scope="session")
+def any_mwaa_stack(aws_session: Any, transformed: dict[str, Any]) -> DeployedStack:
+    """Defaults, except that every MWAA environment of the account is allowed (`*`)."""
+    parameters = {"MwaaEnvironments": "*"}
+    description = sam_stack.deploy(aws_session, "forwarder-any-mwaa", parameters, template_path=TEMPLATE)
+    return DeployedStack(aws_session, description, parameters)

@@ -1,10 +1,11 @@
 """The SAM-transformed template.yaml deployed into moto's CloudFormation, its resources read back.
 
-moto keeps queues, redrive, the table's keys and billing, the function and its event source
-mapping, IAM roles and inline/managed policy documents. It drops what these tests therefore check
-on the transformed template instead (test_template.py): the table's TTL and point-in-time recovery,
-the function's LoggingConfig, Architectures and layers, CloudWatch alarms, managed policies
-attached to roles.
+moto keeps queues, redrive, the table's keys and billing, the function (with its VPC configuration)
+and its event source mapping, IAM roles and inline/managed policy documents, with every intrinsic
+function and condition resolved. It drops what these tests therefore check on the transformed
+template instead (test_template.py): the table's TTL, point-in-time recovery and deletion policy,
+the function's LoggingConfig, Architectures and layers, CloudWatch alarms, queue policies, managed
+policies attached to roles, and Rules.
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ from typing import Any
 
 import pytest
 
-from tests.template.conftest import FULL_PARAMETERS, DeployedStack
+from dataset_forwarder_cli.local import sam as sam_stack
+from tests.template.conftest import FULL_PARAMETERS, TEMPLATE, DeployedStack
 
-# moto says so for every alarm it skips; the alarms are checked on the transformed template.
-pytestmark = pytest.mark.filterwarnings("ignore:Tried to parse AWS..CloudWatch..Alarm:UserWarning")
+# moto says so for every alarm and queue policy it skips; those are checked on the transformed template.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Tried to parse AWS..CloudWatch..Alarm:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Tried to parse AWS..SQS..QueuePolicy:UserWarning"),
+]
 
 DESIGN_ENVIRONMENT = {
     "TARGETS_PATH",
@@ -27,7 +32,13 @@ DESIGN_ENVIRONMENT = {
     "MAX_ATTEMPTS",
     "CONFIG_TTL_S",
     "ALLOW_HTTP_TARGETS",
+    # DESIGN.md §9.1 and §9.4
+    "MWAA_ENVIRONMENTS",
+    "TARGET_ROLE_ARNS",
+    "SECRETS_PATH",
 }
+ACCOUNT = "123456789012"  # moto's
+DAY_S = 24 * 3600
 
 
 def _queue_attributes(stack: DeployedStack, logical_id: str) -> dict[str, str]:
@@ -55,6 +66,31 @@ def _policy_document(session: Any, policy_arn: str) -> dict[str, Any]:
     version = iam.get_policy(PolicyArn=policy_arn)["Policy"]["DefaultVersionId"]
     document = iam.get_policy_version(PolicyArn=policy_arn, VersionId=version)["PolicyVersion"]["Document"]
     return json.loads(document) if isinstance(document, str) else dict(document)
+
+
+def _inline_policies(stack: DeployedStack) -> dict[str, list[dict[str, Any]]]:
+    """The forwarder role's inline policies (its own and the conditional AWS::IAM::Policy ones): name -> statements."""
+    iam = stack.session.client("iam")
+    role = stack.physical_ids()["ForwarderRole"]
+    policies = {}
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        # moto returns the inline policy CloudFormation gave it as a Python literal, not JSON.
+        policies[name] = (document if isinstance(document, dict) else ast.literal_eval(document))["Statement"]
+    return policies
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    # moto keeps an `!If [..., !Ref AWS::NoValue]` list item as None; CloudFormation drops it.
+    return [resource for resource in _as_list(statement["Resource"]) if resource is not None]
+
+
+def _mwaa_role_arns(environments: str, airflow_role: str) -> set[str]:
+    return {f"arn:aws:airflow:*:{ACCOUNT}:role/{name}/{airflow_role}" for name in environments.split(",") if name}
 
 
 @pytest.fixture(params=["default_stack", "full_stack"])
@@ -114,12 +150,18 @@ def test_function_environment_is_the_design_contract(stack: DeployedStack, templ
     resources = stack.physical_ids()
     assert set(environment) >= DESIGN_ENVIRONMENT
     assert {key for key in environment if key not in DESIGN_ENVIRONMENT} == {
+        "IDEMPOTENCY_TTL_S",
+        "AWS_STS_REGIONAL_ENDPOINTS",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",
         "POWERTOOLS_LOG_LEVEL",
         "POWERTOOLS_TRACE_DISABLED",
     }
     assert environment["TARGETS_PATH"] == stack.parameter("TargetsPath", template)
+    assert environment["SECRETS_PATH"] == stack.parameter("SecretsPath", template)
+    assert environment["MWAA_ENVIRONMENTS"] == stack.parameter("MwaaEnvironments", template)
+    assert environment["TARGET_ROLE_ARNS"] == stack.parameter("TargetRoleArns", template)
+    assert environment["AWS_STS_REGIONAL_ENDPOINTS"] == "regional"
     assert environment["DEAD_LETTER_QUEUE_URL"] == resources["DeadLetterQueue"]
     assert environment["IDEMPOTENCY_TABLE"] == resources["IdempotencyTable"]
     assert environment["MAX_ATTEMPTS"] == stack.parameter("MaxAttempts", template)
@@ -128,6 +170,20 @@ def test_function_environment_is_the_design_contract(stack: DeployedStack, templ
     assert environment["POWERTOOLS_SERVICE_NAME"] == "dataset-forwarder"
     assert environment["POWERTOOLS_METRICS_NAMESPACE"] == "DatasetForwarder"
     assert environment["POWERTOOLS_LOG_LEVEL"] == stack.parameter("LogLevel", template)
+
+
+def test_idempotency_records_outlive_every_copy_of_an_event(stack: DeployedStack, template: dict[str, Any]) -> None:
+    """A dead letter lives 14 days, then a redrive retries it: the delivery record must last longer."""
+    from dataset_forwarder.settings import Settings
+
+    ttl_s = int(_function(stack)["Environment"]["Variables"]["IDEMPOTENCY_TTL_S"])
+    dlq_retention_s = int(_queue_attributes(stack, "DeadLetterQueue")["MessageRetentionPeriod"])
+    retry_window_s = int(template["Parameters"]["MaxAttempts"]["MaxValue"]) * Settings.retry_max_delay_s
+    assert ttl_s == dlq_retention_s + DAY_S
+    assert ttl_s - dlq_retention_s > retry_window_s
+    assert ttl_s > int(_queue_attributes(stack, "EventsQueue")["MessageRetentionPeriod"])
+    environment = {key: str(value) for key, value in _function(stack)["Environment"]["Variables"].items()}
+    assert Settings.from_env(environment).idempotency_ttl_s == ttl_s
 
 
 def test_function_settings_read_by_the_code_are_valid(stack: DeployedStack) -> None:
@@ -164,10 +220,7 @@ def test_forwarder_role_reaches_only_this_stacks_resources(stack: DeployedStack,
     resources = stack.physical_ids()
     role = resources["ForwarderRole"]
     assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
-    [policy_name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
-    # moto returns the inline policy CloudFormation gave it as a Python literal, not JSON.
-    statements = (document if isinstance(document, dict) else ast.literal_eval(document))["Statement"]
+    statements = [statement for policy in _inline_policies(stack).values() for statement in policy]
     queue_arn = _queue_attributes(stack, "EventsQueue")["QueueArn"]
     dlq_arn = _queue_attributes(stack, "DeadLetterQueue")["QueueArn"]
     table_arn = stack.session.client("dynamodb").describe_table(TableName=resources["IdempotencyTable"])["Table"][
@@ -181,14 +234,87 @@ def test_forwarder_role_reaches_only_this_stacks_resources(stack: DeployedStack,
         "ssm": {f"{parameter_prefix}{targets}", f"{parameter_prefix}{targets}/*", f"{parameter_prefix}{secrets}/*"},
         "logs": {f"arn:aws:logs:us-east-1:123456789012:log-group:{resources['ForwarderLogGroup']}:*"},
         "kms": {"arn:aws:kms:us-east-1:123456789012:key/*"},
+        "airflow": _mwaa_role_arns(
+            stack.parameter("MwaaEnvironments", template), stack.parameter("MwaaAirflowRole", template)
+        ),
+        "sts": {arn for arn in stack.parameter("TargetRoleArns", template).split(",") if arn},
     }
     for statement in statements:
         assert statement["Effect"] == "Allow"
         actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
-        granted = [statement["Resource"]] if isinstance(statement["Resource"], str) else statement["Resource"]
         services = {action.split(":")[0] for action in actions}
         assert len(services) == 1, statement
-        assert set(granted) <= allowed[services.pop()], statement
+        assert set(_resources(statement)) <= allowed[services.pop()], statement
+
+
+def test_mwaa_and_assume_role_grants_exist_only_when_parameters_name_them(
+    default_stack: DeployedStack, full_stack: DeployedStack, any_mwaa_stack: DeployedStack
+) -> None:
+    assert set(_inline_policies(default_stack)) == {"forwarder"}
+    assert not {"ForwarderMwaaPolicy", "ForwarderAssumeTargetRolesPolicy"} & set(default_stack.physical_ids())
+    assert set(_inline_policies(any_mwaa_stack)) == {"forwarder", "invoke-mwaa-rest-api"}
+    assert set(_inline_policies(full_stack)) == {"forwarder", "invoke-mwaa-rest-api", "assume-target-roles"}
+
+
+def test_mwaa_grant_names_each_environment_as_the_airflow_role(
+    full_stack: DeployedStack, any_mwaa_stack: DeployedStack
+) -> None:
+    [named] = _inline_policies(full_stack)["invoke-mwaa-rest-api"]
+    assert _as_list(named["Action"]) == ["airflow:InvokeRestApi"]
+    assert sorted(_resources(named)) == [
+        f"arn:aws:airflow:*:{ACCOUNT}:role/team-c-prod/Op",
+        f"arn:aws:airflow:*:{ACCOUNT}:role/team-d-prod/Op",
+    ]
+    [any_environment] = _inline_policies(any_mwaa_stack)["invoke-mwaa-rest-api"]
+    assert _as_list(any_environment["Action"]) == ["airflow:InvokeRestApi"]
+    assert _resources(any_environment) == [f"arn:aws:airflow:*:{ACCOUNT}:role/*/User"]  # any environment, as User
+
+
+def test_mwaa_grant_takes_up_to_ten_environments(aws_session: Any, transformed: dict[str, Any]) -> None:
+    names = [f"env-{index}" for index in range(1, 11)]
+    parameters = {"MwaaEnvironments": ",".join(names)}
+    description = sam_stack.deploy(aws_session, "forwarder-ten-mwaa", parameters, template_path=TEMPLATE)
+    stack = DeployedStack(aws_session, description, parameters)
+    assert stack.status == "CREATE_COMPLETE", stack.failure_events()
+    [statement] = _inline_policies(stack)["invoke-mwaa-rest-api"]
+    assert sorted(_resources(statement)) == sorted(_mwaa_role_arns(",".join(names), "User"))
+
+
+def test_assume_role_grant_is_exactly_the_target_role_arns(full_stack: DeployedStack) -> None:
+    [statement] = _inline_policies(full_stack)["assume-target-roles"]
+    assert _as_list(statement["Action"]) == ["sts:AssumeRole"]
+    assert _resources(statement) == FULL_PARAMETERS["TargetRoleArns"].split(",")
+    assert "Condition" not in statement
+
+
+def test_function_joins_the_vpc_only_when_subnets_are_given(
+    default_stack: DeployedStack, full_stack: DeployedStack
+) -> None:
+    assert not (_function(default_stack).get("VpcConfig") or {}).get("SubnetIds")
+    assert "ForwarderNetworkPolicy" not in default_stack.physical_ids()
+    vpc = _function(full_stack)["VpcConfig"]
+    assert vpc["SubnetIds"] == full_stack.parameters["SubnetIds"].split(",")
+    assert vpc["SecurityGroupIds"] == full_stack.parameters["SecurityGroupIds"].split(",")
+
+
+def test_vpc_network_interface_policy_is_scoped_to_this_account(full_stack: DeployedStack) -> None:
+    document = _policy_document(full_stack.session, full_stack.physical_ids()["ForwarderNetworkPolicy"])
+    granted = {
+        action: set(_resources(statement))
+        for statement in document["Statement"]
+        for action in _as_list(statement["Action"])
+        if statement["Effect"] == "Allow"
+    }
+    prefix = f"arn:aws:ec2:us-east-1:{ACCOUNT}"
+    interfaces = {f"{prefix}:network-interface/*"}
+    assert granted == {
+        "ec2:CreateNetworkInterface": interfaces | {f"{prefix}:subnet/*", f"{prefix}:security-group/*"},
+        "ec2:DeleteNetworkInterface": interfaces,
+        "ec2:AssignPrivateIpAddresses": interfaces,
+        "ec2:UnassignPrivateIpAddresses": interfaces,
+        "ec2:DescribeNetworkInterfaces": {"*"},  # EC2 Describe calls accept no other resource
+        "ec2:DescribeSubnets": {"*"},
+    }
 
 
 def test_publisher_policy_allows_only_send_message_on_the_events_queue(stack: DeployedStack) -> None:
@@ -211,7 +337,12 @@ def test_upstream_role_exists_only_when_a_trusted_principal_is_given(
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust
     assert trust["Statement"] == [
-        {"Effect": "Allow", "Principal": {"AWS": FULL_PARAMETERS["UpstreamPrincipalArn"]}, "Action": "sts:AssumeRole"}
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": FULL_PARAMETERS["UpstreamPrincipalArn"]},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": FULL_PARAMETERS["UpstreamExternalId"]}},
+        }
     ]
 
 
@@ -237,6 +368,8 @@ def test_outputs_give_the_upstream_environment_to_paste(stack: DeployedStack) ->
     assert variables == {"DATASET_FORWARDER_QUEUE_URL": public_url, "AWS_DEFAULT_REGION": "us-east-1"}
     assert outputs["EventsQueueUrl"] == public_url == stack.physical_ids()["EventsQueue"]
     assert outputs["DeadLetterQueueUrl"] == stack.physical_ids()["DeadLetterQueue"]
+    role = stack.session.client("iam").get_role(RoleName=stack.physical_ids()["ForwarderRole"])["Role"]
+    assert outputs["ForwarderRoleArn"] == role["Arn"]
     assert outputs["DashboardUrl"].startswith(
         "https://us-east-1.console.aws.amazon.com/cloudwatch/home?region=us-east-1"
     )

@@ -1,9 +1,10 @@
 """template.yaml read as written and as the SAM transform turns it into CloudFormation.
 
 Least privilege is proven on the synthesized policies, i.e. after the transform, where SAM would
-have added its own policies. No statement needs `Resource: "*"`: the function sends metrics as EMF
-log lines (no cloudwatch:PutMetricData), X-Ray is off (xray:PutTraceSegments would need "*"), and
-the execution role is written out instead of SAM's AWS managed policies, which grant on "*".
+have added its own policies. The only `Resource: "*"` is EC2's two Describe calls in a VPC
+deployment, which accept no other resource: the function sends metrics as EMF log lines (no
+cloudwatch:PutMetricData), X-Ray is off (xray:PutTraceSegments would need "*"), and the execution
+role is written out instead of SAM's AWS managed policies, which grant on "*".
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from tests.template.conftest import ROOT, TEMPLATE
 
 PARAMETER_ARN = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter"
 SSM_READ_ACTIONS = {"ssm:GetParameter", "ssm:GetParametersByPath"}
+# EC2 authorizes these on "*" only (Service Authorization Reference); Lambda needs them in a VPC.
+UNSCOPABLE_READS = {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"}
+NO_VALUE = {"Ref": "AWS::NoValue"}
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -133,14 +137,28 @@ def test_no_action_is_a_wildcard(transformed: dict[str, Any]) -> None:
 def test_no_statement_grants_on_every_resource(transformed: dict[str, Any]) -> None:
     for statement in _statements(transformed):
         assert "NotResource" not in statement
-        assert "*" not in _as_list(statement["Resource"]), statement
+        if "*" in _as_list(statement["Resource"]):
+            assert set(_as_list(statement["Action"])) <= UNSCOPABLE_READS, statement
+
+
+def test_only_the_vpc_policy_grants_on_every_resource_and_only_describe_calls(transformed: dict[str, Any]) -> None:
+    everywhere = {
+        name: statement
+        for name, document in _policy_documents(transformed).items()
+        for statement in document["Statement"]
+        if "*" in _as_list(statement["Resource"])
+    }
+    assert list(everywhere) == ["ForwarderNetworkPolicy"]
+    assert set(_as_list(everywhere["ForwarderNetworkPolicy"]["Action"])) == UNSCOPABLE_READS
+    assert transformed["Resources"]["ForwarderNetworkPolicy"]["Condition"] == "HasVpc"
 
 
 def test_function_role_carries_no_aws_managed_policies(transformed: dict[str, Any]) -> None:
     role_arn = _function(transformed)["Properties"]["Role"]
     assert role_arn == {"Fn::GetAtt": ["ForwarderRole", "Arn"]}
     role = transformed["Resources"]["ForwarderRole"]["Properties"]
-    assert "ManagedPolicyArns" not in role
+    # only the stack's own network interface policy, only in a VPC (not AWSLambdaVPCAccessExecutionRole)
+    assert role["ManagedPolicyArns"] == {"Fn::If": ["HasVpc", [{"Ref": "ForwarderNetworkPolicy"}], NO_VALUE]}
     assert role["AssumeRolePolicyDocument"]["Statement"] == [
         {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
     ]
@@ -162,6 +180,8 @@ def test_ssm_is_read_only_under_the_targets_and_secrets_paths(transformed: dict[
 
 
 def test_kms_decrypt_only_through_ssm_and_only_for_the_two_paths(transformed: dict[str, Any]) -> None:
+    # Targets may be SecureStrings too (DESIGN.md §4), so the targets path keeps decryption, scoped
+    # like the secrets: through SSM only, for parameters below the two paths only.
     kms = [s for s in _statements(transformed) if any(a.startswith("kms:") for a in _as_list(s["Action"]))]
     [statement] = kms
     assert _as_list(statement["Action"]) == ["kms:Decrypt"]
@@ -214,10 +234,132 @@ def test_upstream_role_is_conditional_and_holds_only_the_publisher_policy(transf
     [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"AWS": {"Ref": "UpstreamPrincipalArn"}}
     assert trust["Action"] == "sts:AssumeRole"
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "UpstreamExternalId"}}}
+
+
+def test_a_trusted_principal_cannot_be_given_without_an_external_id(transformed: dict[str, Any]) -> None:
+    rule = transformed["Rules"]["UpstreamPrincipalNeedsExternalId"]
+    assert rule["RuleCondition"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "UpstreamPrincipalArn"}, ""]}]}
+    [assertion] = rule["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "UpstreamExternalId"}, ""]}]}
+    pattern = re.compile(transformed["Parameters"]["UpstreamExternalId"]["AllowedPattern"])
+    for good in ("", "team-a-7f3c9e"):
+        assert pattern.fullmatch(good), good
+    for bad in ("x", "has space"):
+        assert not pattern.fullmatch(bad), bad
     assert transformed["Outputs"]["UpstreamPublisherRoleArn"]["Condition"] == "HasUpstreamPrincipal"
 
 
+def test_mwaa_policy_is_conditional_and_each_position_reads_its_own_environment(transformed: dict[str, Any]) -> None:
+    policy = transformed["Resources"]["ForwarderMwaaPolicy"]
+    assert policy["Condition"] == "HasMwaaEnvironments"
+    assert policy["Properties"]["Roles"] == [{"Ref": "ForwarderRole"}]
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert _as_list(statement["Action"]) == ["airflow:InvokeRestApi"]
+    arn = "arn:${AWS::Partition}:airflow:*:${AWS::AccountId}:role/${Name}/${MwaaAirflowRole}"
+    first, *others = statement["Resource"]
+    assert first == {"Fn::Sub": [arn, {"Name": {"Fn::Select": [0, {"Fn::Split": [",", {"Ref": "MwaaEnvironments"}]}]}}]}
+    padded = {"Fn::Split": [",", {"Fn::Sub": "${MwaaEnvironments},,,,,,,,,"}]}
+    assert len(others) == 9
+    for index, entry in enumerate(others, start=1):
+        condition, value, otherwise = entry["Fn::If"]
+        assert otherwise == NO_VALUE
+        name = {"Fn::Select": [index, padded]}
+        assert value == {"Fn::Sub": [arn, {"Name": name}]}
+        assert transformed["Conditions"][condition] == {"Fn::Not": [{"Fn::Equals": [name, ""]}]}
+    assert transformed["Conditions"]["HasMwaaEnvironments"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "MwaaEnvironments"}, ""]}]
+    }
+
+
+def test_mwaa_environments_and_target_roles_accept_only_names_and_plain_arns(transformed: dict[str, Any]) -> None:
+    environments = re.compile(transformed["Parameters"]["MwaaEnvironments"]["AllowedPattern"])
+    for good in ("", "*", "team-c-prod", "a,b_2,C-3", ",".join(f"e{i}" for i in range(10))):
+        assert environments.fullmatch(good), good
+    for bad in ("a, b", "a,*", "*,a", "a,", "1env", ",".join(f"e{i}" for i in range(11))):
+        assert not environments.fullmatch(bad), bad
+    # the least built-in Airflow role with can_create on DAG Runs and (FAB provider's current role
+    # definitions) Assets; Op adds connections, variables and pools (README "MWAA targets")
+    assert transformed["Parameters"]["MwaaAirflowRole"]["Default"] == "User"
+    roles = re.compile(transformed["Parameters"]["TargetRoleArns"]["AllowedPattern"])
+    role = "arn:aws:iam::210987654321:role/dataset-forwarder-invoke"
+    for good in ("", role, f"{role},{role}2"):
+        assert roles.fullmatch(good), good
+    for bad in ("*", "arn:aws:iam::210987654321:role/*", "arn:aws:iam::*:role/x", f"{role}, {role}"):
+        assert not roles.fullmatch(bad), bad
+
+
+def test_assume_role_policy_is_conditional_and_grants_exactly_the_listed_roles(transformed: dict[str, Any]) -> None:
+    policy = transformed["Resources"]["ForwarderAssumeTargetRolesPolicy"]
+    assert policy["Condition"] == "HasTargetRoleArns"
+    assert policy["Properties"]["Roles"] == [{"Ref": "ForwarderRole"}]
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert _as_list(statement["Action"]) == ["sts:AssumeRole"]
+    assert statement["Resource"] == {"Fn::Split": [",", {"Ref": "TargetRoleArns"}]}
+    assert transformed["Conditions"]["HasTargetRoleArns"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TargetRoleArns"}, ""]}]
+    }
+
+
+def test_function_environment_carries_the_allow_lists_and_secrets_path(transformed: dict[str, Any]) -> None:
+    variables = _function(transformed)["Properties"]["Environment"]["Variables"]
+    assert variables["MWAA_ENVIRONMENTS"] == {"Ref": "MwaaEnvironments"}
+    assert variables["TARGET_ROLE_ARNS"] == {"Ref": "TargetRoleArns"}
+    assert variables["SECRETS_PATH"] == {"Ref": "SecretsPath"}
+
+
+def test_vpc_is_optional_and_needs_subnets_and_security_groups_together(transformed: dict[str, Any]) -> None:
+    properties = _function(transformed)["Properties"]
+    assert properties["VpcConfig"] == {
+        "Fn::If": [
+            "HasVpc",
+            {"SubnetIds": {"Ref": "SubnetIds"}, "SecurityGroupIds": {"Ref": "SecurityGroupIds"}},
+            NO_VALUE,
+        ]
+    }
+    assert transformed["Conditions"]["HasVpc"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Fn::Join": ["", {"Ref": "SubnetIds"}]}, ""]}]
+    }
+    for name in ("SubnetIds", "SecurityGroupIds"):
+        assert transformed["Parameters"][name]["Type"] == "CommaDelimitedList"
+        assert transformed["Parameters"][name]["Default"] == ""
+    [assertion] = transformed["Rules"]["SubnetsAndSecurityGroupsTogether"]["Assertions"]
+    both_empty, both_set = assertion["Assert"]["Fn::Or"]
+    empty = [{"Fn::EachMemberEquals": [{"Ref": name}, ""]} for name in ("SubnetIds", "SecurityGroupIds")]
+    assert both_empty == {"Fn::And": empty}
+    assert both_set == {"Fn::And": [{"Fn::Not": [condition]} for condition in empty]}
+
+
+def test_deploy_guided_groups_every_parameter(template: dict[str, Any]) -> None:
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"])
+    labels = {group["Label"]["default"]: group["Parameters"] for group in groups}
+    assert ["SubnetIds", "SecurityGroupIds"] in labels.values()
+    assert ["MwaaEnvironments", "MwaaAirflowRole", "TargetRoleArns"] in labels.values()
+
+
+def test_both_queues_refuse_requests_without_tls(transformed: dict[str, Any]) -> None:
+    [policy] = _resources_of_type(transformed, "AWS::SQS::QueuePolicy").values()
+    assert policy["Properties"]["Queues"] == [{"Ref": "EventsQueue"}, {"Ref": "DeadLetterQueue"}]
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Effect"] == "Deny"  # grants nothing: access stays with IAM
+    assert statement["Principal"] == "*"
+    assert statement["Action"] == "sqs:*"
+    assert statement["Resource"] == [
+        {"Fn::GetAtt": ["EventsQueue", "Arn"]},
+        {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+    ]
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
 # -- the synthesized template: what moto does not keep --------------------------------------------
+
+
+def test_dead_letters_and_delivery_records_survive_stack_deletion_and_replacement(transformed: dict[str, Any]) -> None:
+    for name in ("DeadLetterQueue", "IdempotencyTable"):
+        resource = transformed["Resources"][name]
+        assert (resource.get("DeletionPolicy"), resource.get("UpdateReplacePolicy")) == ("Retain", "Retain"), name
 
 
 def test_idempotency_table_expires_records_and_has_point_in_time_recovery(transformed: dict[str, Any]) -> None:
@@ -236,28 +378,70 @@ def test_function_uses_the_layer_its_log_group_and_arm64(transformed: dict[str, 
     assert properties["LoggingConfig"] == {"LogGroup": {"Ref": "ForwarderLogGroup"}}
 
 
+def _metric_alarms(transformed: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Alarms on one metric, by (namespace, metric, the queue or function they watch)."""
+    alarms = {}
+    for body in _resources_of_type(transformed, "AWS::CloudWatch::Alarm").values():
+        properties = body["Properties"]
+        if "MetricName" in properties:
+            [dimension] = properties["Dimensions"]
+            watched = next(iter(dimension["Value"].values()))
+            watched = watched[0] if isinstance(watched, list) else watched
+            alarms[(properties["Namespace"], properties["MetricName"], watched)] = properties
+    return alarms
+
+
 def test_alarms_cover_dead_letters_stuck_events_errors_and_throttles(transformed: dict[str, Any]) -> None:
-    alarms = {
-        (body["Properties"]["Namespace"], body["Properties"]["MetricName"]): body["Properties"]
-        for body in _resources_of_type(transformed, "AWS::CloudWatch::Alarm").values()
-    }
+    alarms = _metric_alarms(transformed)
     assert set(alarms) == {
-        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
-        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
-        ("AWS/Lambda", "Errors"),
-        ("AWS/Lambda", "Throttles"),
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DeadLetterQueue"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", "EventsQueue"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage", "DeadLetterQueue"),
+        ("AWS/Lambda", "Errors", "ForwarderFunction"),
+        ("AWS/Lambda", "Throttles", "ForwarderFunction"),
     }
-    dead_letters = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible")]
+    dead_letters = alarms[("AWS/SQS", "ApproximateNumberOfMessagesVisible", "DeadLetterQueue")]
     assert dead_letters["Dimensions"] == [
         {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}
     ]
     assert (dead_letters["Threshold"], dead_letters["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
-    oldest = alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage")]
-    assert oldest["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["EventsQueue", "QueueName"]}}]
+    oldest = alarms[("AWS/SQS", "ApproximateAgeOfOldestMessage", "EventsQueue")]
     assert oldest["Threshold"] == {"Ref": "OldestMessageAgeAlarmSeconds"}
     assert transformed["Parameters"]["OldestMessageAgeAlarmSeconds"]["Default"] == 900
-    for alarm in alarms.values():
-        assert alarm["AlarmActions"] == {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    actions = {"Fn::If": ["HasAlarmEmail", [{"Ref": "AlarmTopic"}], {"Ref": "AWS::NoValue"}]}
+    for alarm in _resources_of_type(transformed, "AWS::CloudWatch::Alarm").values():
+        assert alarm["Properties"]["AlarmActions"] == actions
+
+
+def test_dead_letters_alarm_well_before_they_expire(transformed: dict[str, Any]) -> None:
+    alarm = _metric_alarms(transformed)[("AWS/SQS", "ApproximateAgeOfOldestMessage", "DeadLetterQueue")]
+    assert alarm["Threshold"] == {"Ref": "DeadLetterAgeAlarmSeconds"}
+    assert (alarm["Statistic"], alarm["ComparisonOperator"]) == ("Maximum", "GreaterThanOrEqualToThreshold")
+    parameter = transformed["Parameters"]["DeadLetterAgeAlarmSeconds"]
+    retention = transformed["Resources"]["DeadLetterQueue"]["Properties"]["MessageRetentionPeriod"]
+    assert parameter["Default"] == 7 * 24 * 3600
+    assert parameter["MaxValue"] <= retention - 2 * 24 * 3600  # even the latest alarm leaves two days to redrive
+
+
+def test_broken_target_parameters_raise_an_alarm(transformed: dict[str, Any]) -> None:
+    from dataset_forwarder import stats
+
+    [alarm] = [
+        body["Properties"]
+        for body in _resources_of_type(transformed, "AWS::CloudWatch::Alarm").values()
+        if "Metrics" in body["Properties"]
+    ]
+    [query] = alarm["Metrics"]
+    variables = _function(transformed)["Properties"]["Environment"]["Variables"]
+    assert variables["POWERTOOLS_METRICS_NAMESPACE"] == stats.NAMESPACE
+    # every target's series: no SCHEMA(), so the `target` dimension the function adds is summed over
+    assert query["Expression"] == (
+        f"SELECT SUM({stats.INVALID_TARGET_CONFIG}) FROM {stats.NAMESPACE} "
+        f"WHERE service = '{variables['POWERTOOLS_SERVICE_NAME']}'"
+    )
+    assert query["ReturnData"] is True
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert alarm["TreatMissingData"] == "notBreaching"
 
 
 # -- dashboard and outputs --------------------------------------------------------------------------
@@ -308,8 +492,26 @@ def test_outputs_name_everything_the_upstream_and_on_call_need(transformed: dict
         "DeadLetterQueueUrl",
         "PublisherPolicyArn",
         "UpstreamPublisherRoleArn",
+        "ForwarderRoleArn",
         "DashboardUrl",
         "UpstreamEnvironment",
     } <= set(outputs)
     environment = _sub(outputs["UpstreamEnvironment"]["Value"])
     assert environment == "DATASET_FORWARDER_QUEUE_URL=${EventsQueue} AWS_DEFAULT_REGION=${AWS::Region}"
+
+
+def test_security_md_backs_each_template_claim_with_an_existing_test() -> None:
+    text = (ROOT / "SECURITY.md").read_text(encoding="utf-8")
+    section = text.split("## What the template enforces", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    defined = {
+        match
+        for path in (ROOT / "tests" / "template").glob("test_*.py")
+        for match in re.findall(r"^def (test_\w+)\(", path.read_text(encoding="utf-8"), re.MULTILINE)
+    }
+    assert len(named) >= 20
+    assert named <= defined, sorted(named - defined)
+    claims = [line for line in section.splitlines() if line.startswith("- **")]
+    assert claims
+    for claim in section.split("\n- **")[1:]:
+        assert re.search(r"`test_\w+`", claim), claim.splitlines()[0]
