@@ -43,12 +43,10 @@ class Caller:
         wanted, mine = _ARN.match(identity), _ARN.match(self.arn)
         if wanted is None or mine is None or wanted["account"] != mine["account"]:
             return False
-        role = wanted["resource"].removeprefix("role/")
-        return (
-            wanted["service"] == "iam"
-            and wanted["resource"].startswith("role/")
-            and mine["resource"].startswith(f"assumed-role/{role.rsplit('/', 1)[-1]}/")
-        )
+        if wanted["service"] != "iam" or not wanted["resource"].startswith("role/"):
+            return False
+        role_name = wanted["resource"].rsplit("/", 1)[-1]  # a session's ARN drops the role's path
+        return mine["resource"].startswith(f"assumed-role/{role_name}/")
 
 
 @dataclass(frozen=True)
