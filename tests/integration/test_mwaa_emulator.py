@@ -7,9 +7,13 @@ botocore puts in `e.response` (`RestApiStatusCode`, `RestApiResponse`).
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -17,6 +21,7 @@ import pytest
 import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+from botocore.config import Config
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, ReadTimeoutError
 
@@ -442,3 +447,75 @@ def test_calls_are_recorded_with_what_was_asked_and_answered(emulator: MwaaEmula
     assert first.caller == "arn:aws:iam::123456789012:root"
     emulator.clear_calls()
     assert emulator.calls == []
+
+
+# --------------------------------------------------------------------------------------------- `local up`
+
+
+def test_local_up_runs_the_emulator_for_the_handler_and_the_cli(
+    tmp_path: Path, airflow: Callable[..., FakeAirflow]
+) -> None:
+    """`local up --mwaa-environment` serves InvokeRestApi, tells the handler and `local env`, knows moto's keys."""
+    fake = airflow("3", auth="airflow-token", username="forwarder", password="pw-from-the-environment")
+    state_dir = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {"TEAM_C_PW": "pw-from-the-environment"}
+    role = "arn:aws:iam::123456789012:role/dataset-forwarder-invoke"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "dataset_forwarder_cli.main", "local", *args, "--state-dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=200,
+            check=False,
+        )
+
+    spec = f"team-c={fake.url},airflow=3,user=forwarder,password-env=TEAM_C_PW"
+    up = run("up", "--json", "--warm", "0", "--mwaa-environment", spec, "--mwaa-allow", f"team-c={role}")
+    assert up.returncode == 0, up.stderr + up.stdout
+    try:
+        state = json.loads(up.stdout)
+        endpoint = state["mwaa"]["endpoint"]
+        assert state["mwaa"]["environments"] == ["team-c"]
+        assert json.loads(run("env", "--json").stdout)["AWS_ENDPOINT_URL_MWAA"] == endpoint
+        assert json.loads(run("env", "--for", "handler", "--json").stdout)["AWS_ENDPOINT_URL_MWAA"] == endpoint
+        assert f"mwaa         {endpoint}" in run("status").stdout
+
+        config = Config(inject_host_prefix=False, retries={"total_max_attempts": 1})
+        moto = state["stack"]["endpoint"]
+        credentials = boto3.client(
+            "sts", endpoint_url=moto, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        ).assume_role(RoleArn=role, RoleSessionName="forwarder")["Credentials"]
+        mwaa = boto3.client(
+            "mwaa",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            config=config,
+        )
+        assert mwaa.invoke_rest_api(Name="team-c", Path="/version", Method="GET")["RestApiStatusCode"] == 200
+        assert fake.count("POST", "/auth/token") == 1  # it logged in with the password from the environment
+
+        def refusal(key: str) -> str:
+            other = boto3.client(
+                "mwaa",
+                endpoint_url=endpoint,
+                region_name="us-east-1",
+                aws_access_key_id=key,
+                aws_secret_access_key="testing",
+                config=config,
+            )
+            with pytest.raises(ClientError) as excinfo:
+                other.invoke_rest_api(Name="team-c", Path="/version", Method="GET")
+            return str(excinfo.value.response["Error"]["Code"])
+
+        assert refusal("testing") == "AccessDeniedException"  # --mwaa-allow replaced the default (the account)
+        assert refusal("AKIANEVERISSUED") == "UnrecognizedClientException"
+    finally:
+        down = run("down")
+    assert down.returncode == 0, down.stderr
+    for text in (up.stdout, up.stderr, (state_dir / "local.log").read_text()):
+        assert "pw-from-the-environment" not in text

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -34,7 +34,15 @@ from .mwaa_identity import DEFAULT_ACCOUNT, Caller, Identities
 from .mwaa_relay import REST_ROOTS, Login, LoginFailed, Relay, RelayTimeout, RelayUnreachable
 from .mwaa_sigv4 import SignatureError, check_scope, parse_authorization, verify
 
-__all__ = ["ENDPOINT_VARIABLE", "Call", "EnvironmentSpec", "FaultKind", "MwaaEmulator", "parse_environment_spec"]
+__all__ = [
+    "ENDPOINT_VARIABLE",
+    "Call",
+    "EnvironmentSpec",
+    "FaultKind",
+    "MwaaEmulator",
+    "parse_environment_spec",
+    "with_allowed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +157,19 @@ def parse_environment_spec(text: str, environ: Mapping[str, str]) -> Environment
         password=password,
         region=settings.get("region"),
     )
+
+
+def with_allowed(specs: Iterable[EnvironmentSpec], allow: Iterable[str]) -> list[EnvironmentSpec]:
+    """The specs with `NAME=IDENTITY` entries (`--mwaa-allow`) added to their allow-lists."""
+    by_name = {spec.name: spec for spec in specs}
+    for entry in allow:
+        name, sep, identity = entry.partition("=")
+        if not sep or not identity:
+            raise ValueError(f"expected NAME=IDENTITY, got {entry!r}")
+        if name not in by_name:
+            raise ValueError(f"no MWAA environment {name!r} to allow {identity!r} on")
+        by_name[name] = replace(by_name[name], allow=(*by_name[name].allow, identity))
+    return list(by_name.values())
 
 
 class MwaaEmulator:
@@ -388,15 +409,16 @@ class MwaaEmulator:
             raise SignatureError(
                 "UnrecognizedClientException", "The security token included in the request is invalid."
             )
-        verify(
-            auth,
-            key.secret,
-            method=request.method,
-            target=request.target,
-            headers=request.headers,
-            body=request.body,
-            amz_date=amz_date,
-        )
+        if key.secret is not None:  # None: a moto-issued key whose secret moto could not show (mwaa_identity)
+            verify(
+                auth,
+                key.secret,
+                method=request.method,
+                target=request.target,
+                headers=request.headers,
+                body=request.body,
+                amz_date=amz_date,
+            )
         return self.identities.caller(auth.access_key, key, token), auth.region
 
     def _invoke(self, request: _Request) -> tuple[int, Mapping[str, Any], str | None]:

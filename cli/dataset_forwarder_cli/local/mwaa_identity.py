@@ -5,19 +5,29 @@ itself: moto keeps the secret of every key it issued (STS AssumeRole/GetSessionT
 and shows it in its state dump `/moto-api/data.json`, and its STS `GetCallerIdentity` names the caller of any key
 (assumed-role ARN for temporary credentials, the IAM user for an IAM key, its default user for other keys). So
 signatures are verified in full for moto-issued credentials too. Results are cached per access key.
+
+moto 5.2's state dump fails (500) once moto holds a Lambda function and Docker is absent (the local stack's case):
+a Lambda model's Docker client raises while the dump reads it. Then a key moto issued is still told apart from an
+unknown one (moto's GetCallerIdentity names its default user for keys it never issued), but its secret is out of
+reach: its signature's scope and date are checked, its signature and session token are not (logged once).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ACCOUNT = "123456789012"  # moto's default account, and the emulator's without moto
+MOTO_UNKNOWN_CALLER = f"arn:aws:sts::{DEFAULT_ACCOUNT}:user/moto"  # moto's answer for a key it never issued
 _ACCOUNT = re.compile(r"^\d{12}$")
 _ARN = re.compile(r"^arn:aws[\w-]*:(?P<service>iam|sts)::(?P<account>\d{12}):(?P<resource>.+)$")
 
@@ -53,7 +63,7 @@ class Caller:
 class Key:
     """What the emulator knows of one access key."""
 
-    secret: str
+    secret: str | None  # None: moto issued it, but its state dump is out of reach (signature not verifiable)
     session_token: str | None = None  # moto's token for temporary credentials: the request must carry it
     caller: Caller | None = None
 
@@ -72,6 +82,7 @@ class Identities:
         self.region = region
         self._lock = threading.Lock()
         self._keys: dict[str, Key] = {}
+        self._warned = False
         for access_key, secret in (keys or {}).items():
             self.add_key(access_key, secret)
 
@@ -87,7 +98,10 @@ class Identities:
             known = self._keys.get(access_key)
         if known is not None or self.moto_endpoint is None:
             return known
-        issued = self._moto_key(access_key)
+        try:
+            issued = self._moto_key(access_key)
+        except (urllib.error.URLError, OSError, ValueError):
+            issued = self._moto_key_unverified(access_key)
         if issued is not None:
             with self._lock:
                 issued = self._keys.setdefault(access_key, issued)
@@ -100,7 +114,7 @@ class Identities:
         if self.moto_endpoint is None:
             caller = Caller(f"arn:aws:iam::{DEFAULT_ACCOUNT}:root", DEFAULT_ACCOUNT)
         else:
-            caller = self._moto_caller(access_key, key.secret, session_token)
+            caller = self._moto_caller(access_key, key.secret or "not-verified", session_token)
         with self._lock:
             self._keys[access_key] = Key(key.secret, key.session_token, caller)
         return caller
@@ -115,6 +129,15 @@ class Identities:
                 token = record.get("session_token")
                 return Key(record["secret_access_key"], token if isinstance(token, str) else None)
         return None
+
+    def _moto_key_unverified(self, access_key: str) -> Key | None:
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "moto's /moto-api/data.json failed: signatures of keys moto issued are not verified (scope only)"
+            )
+        caller = self._moto_caller(access_key, "not-verified", None)
+        return None if caller.arn == MOTO_UNKNOWN_CALLER else Key(None, caller=caller)
 
     def _moto_caller(self, access_key: str, secret: str, session_token: str | None) -> Caller:
         import boto3
