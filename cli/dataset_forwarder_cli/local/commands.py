@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,24 @@ def _env_for(state: Mapping[str, Any], which: str) -> dict[str, str]:
         return stack.upstream_env()
     if which == "handler":
         return stack.handler_env(state.get("handler_env_overrides") or {})
-    return stack.cli_env()
+    return {**stack.cli_env(), **_mwaa_env(state)}
+
+
+def _mwaa_env(state: Mapping[str, Any]) -> dict[str, str]:
+    from .mwaa import ENDPOINT_VARIABLE
+
+    mwaa = state.get("mwaa")
+    return {ENDPOINT_VARIABLE: mwaa["endpoint"]} if mwaa else {}
+
+
+def _mwaa_specs(values: tuple[str, ...], allow: tuple[str, ...]) -> list[Any]:
+    """--mwaa-environment and --mwaa-allow as environment specs (passwords read from the named variables)."""
+    from .mwaa import parse_environment_spec, with_allowed
+
+    try:
+        return with_allowed([parse_environment_spec(value, os.environ) for value in values], allow)
+    except ValueError as exc:
+        raise CliError(f"--mwaa-environment/--mwaa-allow: {exc}") from None
 
 
 def _print_summary(state: Mapping[str, Any]) -> None:
@@ -167,13 +184,16 @@ def _print_summary(state: Mapping[str, Any]) -> None:
     click.echo(f"  stack        {stack.stack_name} from {stack.template}")
     click.echo(f"  events queue {stack.queue_url}")
     click.echo(f"  dead letters {stack.dlq_url}")
+    if state.get("mwaa"):
+        names = ", ".join(state["mwaa"]["environments"]) or "none"
+        click.echo(f"  mwaa         {state['mwaa']['endpoint']} (InvokeRestApi; environments: {names})")
     click.echo(
         f"  event source BatchSize {stack.batch_size}, MaximumBatchingWindowInSeconds {stack.batching_window_s:g}, "
         f"MaximumConcurrency {stack.maximum_concurrency}, function timeout {stack.timeout_s:g} s, "
         f"{stack.handler} from {stack.code_dir}"
     )
     click.echo("# environment for an upstream Airflow (add DATASET_FORWARDER_DEPLOYMENT=<its name>) and for this CLI:")
-    click.echo(format_env(stack.cli_env()))
+    click.echo(format_env({**stack.cli_env(), **_mwaa_env(state)}))
     click.echo("# stop it with: dataset-forwarder local down")
 
 
@@ -210,6 +230,23 @@ state_dir_option = click.option(
 @click.option("--handler-env", "handler_env", multiple=True, metavar="KEY=VALUE", help="Extra function variable.")
 @click.option("--warm", type=click.IntRange(0, 100), default=1, show_default=True, help="Environments started early.")
 @click.option("--timeout", "timeout_s", type=float, default=180, show_default=True, help="Seconds to wait for it.")
+@click.option(
+    "--mwaa-environment",
+    "mwaa_environments",
+    multiple=True,
+    metavar="NAME=URL[,airflow=2|3][,user=U][,password-env=VAR][,region=R]",
+    help="Also run the local MWAA emulator (InvokeRestApi) with this environment in front of the Airflow at URL; "
+    "repeat. The handler gets AWS_ENDPOINT_URL_MWAA. See docs/local-mwaa.md.",
+)
+@click.option(
+    "--mwaa-allow",
+    "mwaa_allow",
+    multiple=True,
+    metavar="NAME=IDENTITY",
+    help="Let an account id, ARN or IAM role ARN (its sessions) call environment NAME; repeat. "
+    "Default: the account 123456789012 (the local stack's credentials).",
+)
+@click.option("--mwaa-port", type=click.IntRange(1, 65535), help="The MWAA emulator's port (default: a free one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the state (URLs, environment) as JSON.")
 @state_dir_option
 def up(
@@ -221,12 +258,16 @@ def up(
     handler_env: tuple[str, ...],
     warm: int,
     timeout_s: float,
+    mwaa_environments: tuple[str, ...],
+    mwaa_allow: tuple[str, ...],
+    mwaa_port: int | None,
     as_json: bool,
     state_dir: Path,
 ) -> None:
     """Start moto server, create the stack from template.yaml in it, and poll its queue with the real handler."""
     parameter_values = _pairs(parameters, "--parameter")
     handler_overrides = _pairs(handler_env, "--handler-env")
+    mwaa_specs = _mwaa_specs(mwaa_environments, mwaa_allow)
     running = _running_state(state_dir)
     if running is not None:
         raise CliError(
@@ -234,9 +275,25 @@ def up(
             f"`dataset-forwarder local down{_state_dir_flag(state_dir)}` first"
         )
     if foreground:
-        _run_foreground(port, stack_name, template, parameter_values, handler_overrides, warm, state_dir, as_json)
+        _run_foreground(
+            port,
+            stack_name,
+            template,
+            parameter_values,
+            handler_overrides,
+            warm,
+            state_dir,
+            as_json,
+            mwaa_specs,
+            mwaa_port,
+        )
         return
-    state = _start_background(port, stack_name, template, parameters, handler_env, warm, state_dir, timeout_s=timeout_s)
+    mwaa_args = [("--mwaa-environment", v) for v in mwaa_environments] + [("--mwaa-allow", v) for v in mwaa_allow]
+    if mwaa_port:
+        mwaa_args.append(("--mwaa-port", str(mwaa_port)))
+    state = _start_background(
+        port, stack_name, template, parameters, handler_env, warm, state_dir, timeout_s=timeout_s, extra=mwaa_args
+    )
     if as_json:
         click.echo(json.dumps(state, indent=2, sort_keys=True))
     else:
@@ -257,6 +314,7 @@ def _start_background(
     state_dir: Path,
     *,
     timeout_s: float,
+    extra: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / STATE_FILE).unlink(missing_ok=True)
@@ -271,6 +329,8 @@ def _start_background(
         command += ["--parameter", value]
     for value in handler_env:
         command += ["--handler-env", value]
+    for option, value in extra:
+        command += [option, value]
     with log_path.open("w", encoding="utf-8") as log:
         process = subprocess.Popen(  # noqa: S603 - this interpreter running this package, no shell
             command,
@@ -301,13 +361,19 @@ def _run_foreground(
     warm: int,
     state_dir: Path,
     as_json: bool,
+    mwaa_specs: list[Any],
+    mwaa_port: int | None,
 ) -> None:
-    from .stack import LocalStack, LocalStackError
+    from .mwaa import ENDPOINT_VARIABLE, MwaaEmulator
+    from .stack import FAKE_CREDENTIALS, LocalStack, LocalStackError, free_port
 
     _configure_logging()
     logger = logging.getLogger("dataset_forwarder_cli.local")
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    if mwaa_specs:  # its port is chosen first: the handler's environment names it
+        mwaa_port = mwaa_port or free_port()
+        handler_overrides = {**handler_overrides, ENDPOINT_VARIABLE: f"http://127.0.0.1:{mwaa_port}"}
     stack = LocalStack(
         port=port,
         stack_name=stack_name,
@@ -316,8 +382,15 @@ def _run_foreground(
         handler_env=handler_overrides,
         warm=warm,
     )
+    mwaa: MwaaEmulator | None = None
+    if mwaa_specs:  # with moto's endpoint, the keys moto issues (AssumeRole) are known too
+        mwaa = MwaaEmulator(port=mwaa_port or 0, keys=_fake_keys(FAKE_CREDENTIALS), moto_endpoint=stack.endpoint)
     try:
         try:
+            if mwaa is not None:
+                for spec in mwaa_specs:
+                    mwaa.add_spec(spec)
+                mwaa.start()
             stack.start()
         except (LocalStackError, RuntimeError, OSError) as exc:
             raise CliError(f"local stack not started: {exc}") from None
@@ -334,6 +407,8 @@ def _run_foreground(
             "handler_env_overrides": handler_overrides,
             "stack": deployed.to_json(),
         }
+        if mwaa is not None:
+            state["mwaa"] = {"endpoint": mwaa.endpoint, "environments": [spec.name for spec in mwaa_specs]}
         logger.info(
             "local stack running",
             extra={"endpoint": stack.endpoint, "start_s": round(stack.timings.get("start_s", 0.0), 2)},
@@ -349,9 +424,15 @@ def _run_foreground(
         logger.info("stopping the local stack")
     finally:
         stack.stop()
+        if mwaa is not None:
+            mwaa.stop()
         _remove_state(state_dir, os.getpid())
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _fake_keys(credentials: Mapping[str, str]) -> dict[str, str]:
+    return {credentials["AWS_ACCESS_KEY_ID"]: credentials["AWS_SECRET_ACCESS_KEY"]}
 
 
 def _terminate(pid: int, timeout_s: float) -> bool:
