@@ -133,12 +133,14 @@ def redrive(
             )
         except RedriveIncomplete as exc:
             records, incomplete = exc.moved, exc
+    not_deleted = incomplete.not_deleted if incomplete else []
     if as_json:
         emit_json(
             {
                 "dry_run": dry_run,
                 "moved": [r.as_dict() for r in records] if not dry_run else [],
                 "selected": [r.as_dict() for r in records],
+                "sent_not_deleted": [{**r.as_dict(), "reason": reason} for r, reason in not_deleted],
                 **({"error": str(incomplete)} if incomplete else {}),
             }
         )
@@ -146,7 +148,17 @@ def redrive(
         verb = "would move" if dry_run else "moved"
         for record in records:
             click.echo(f"{verb} {record.message_id}  target={record.target} error={record.error} uri={record.uri}")
+        for record, reason in not_deleted:
+            click.echo(
+                f"SENT BUT STILL IN THE DLQ {record.message_id}  target={record.target} error={record.error} "
+                f"uri={record.uri} ({reason})"
+            )
         click.echo(f"{len(records)} dead letter(s) {verb} to the events queue")
+        if not_deleted:
+            click.echo(
+                f"{len(not_deleted)} dead letter(s) were sent to the events queue but are still in the DLQ: "
+                "a later redrive would send them a second time"
+            )
     if incomplete:
         raise CliError(str(incomplete))
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
 
 import boto3
 import pytest
@@ -16,6 +17,7 @@ from tests.fakes.airflow_api import FakeAirflow
 from tests.fakes.aws import ForwarderStack
 from tests.fakes.envelopes import envelope
 from tests.fakes.lambda_sqs import LambdaSqsDriver
+from tests.fakes.sqs_proxy import SpoilingProxy
 
 BEARS = "s3://bucket/bears"
 
@@ -209,6 +211,56 @@ def test_dead_letter_listed_filtered_redriven_after_fix_and_delivered_once(
     for result in (table, shown, dry, moved):
         assert "old-token-11" not in result.output
         assert "new-token-77" not in result.output
+
+
+def _dead_letter(stack: ForwarderStack, target: str, error: str, **attributes: str) -> tuple[str, dict[str, Any]]:
+    """A letter written to the DLQ as the forwarder writes one; returns (message id, envelope)."""
+    body = envelope(BEARS, only_targets=[target])
+    values = {"target": target, "error": error, "detail": f"{error} at {target}", "attempts": "1", **attributes}
+    sent = stack.sqs.send_message(
+        QueueUrl=stack.dlq_url,
+        MessageBody=json.dumps(body),
+        MessageAttributes={k: {"DataType": "String", "StringValue": v} for k, v in values.items()},
+    )
+    return sent["MessageId"], body
+
+
+def _depth(stack: ForwarderStack, queue_url: str) -> int:
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_redrive_reports_a_letter_sent_but_not_deleted_and_exits_1(
+    run: Callable[..., Result], stack: ForwarderStack, aws_env: str
+) -> None:
+    moved_id, _ = _dead_letter(stack, "team-b", "auth")
+    stuck_id, _ = _dead_letter(stack, "team-b", "auth")
+    proxy = SpoilingProxy(aws_env)
+    proxy.spoil_message_ids.add(stuck_id)  # its delete carries a receipt handle SQS no longer knows
+
+    with proxy.running():
+        redriven = run("dlq", "redrive", env={"AWS_ENDPOINT_URL": proxy.url})
+        as_json = run("dlq", "redrive", "--json", env={"AWS_ENDPOINT_URL": proxy.url})
+
+    assert redriven.exit_code == 1
+    assert f"moved {moved_id}" in redriven.output
+    assert f"SENT BUT STILL IN THE DLQ {stuck_id}" in redriven.output
+    assert "1 dead letter(s) moved" in redriven.output
+    assert "ReceiptHandleIsInvalid" in redriven.output
+    assert "sent to the events queue but NOT deleted from the DLQ" in redriven.output
+    assert as_json.exit_code == 1
+    report = json.loads(as_json.stdout)
+    assert report["moved"] == []
+    assert [(d["message_id"], d["reason"]) for d in report["sent_not_deleted"]] == [
+        (stuck_id, "ReceiptHandleIsInvalid")
+    ]
+    # the letter really stayed in the DLQ, and was sent once per redrive
+    assert proxy.spoiled == [stuck_id, stuck_id]
+    [left] = json.loads(run("dlq", "list", "--json").output)["dead_letters"]
+    assert left["message_id"] == stuck_id
+    assert _depth(stack, stack.queue_url) == 3
 
 
 def test_purge_needs_confirmation_and_missing_queue_is_one_line(
