@@ -237,14 +237,28 @@ def _auth_hint(failure: DeliveryFailed) -> str:
     return f"{failure.error}: {failure.detail}"
 
 
+def _refuse_plain_http(target: Target, allow_http: bool) -> None:
+    """A check sends the target's credential: never unencrypted unless asked for (a local stack)."""
+    if allow_http or not target.url.lower().startswith("http://"):
+        return
+    sent = "its credential and events" if target.auth.secret else "its requests"
+    raise CliError(
+        f"target {target.name} is plain http:// ({target.url}): checking it would send {sent} unencrypted; "
+        "pass --allow-http only for a local stack"
+    )
+
+
 @targets.command("test")
 @click.argument("name")
 @click.option("--dataset", "datasets", multiple=True, help="URI to check (default: the target's exact URIs).")
 @click.option("--send", is_flag=True, help="Also post one real event for each dataset checked.")
+@click.option("--allow-http", is_flag=True, help="Check an http:// target (local stacks only: sent unencrypted).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @friendly
-def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: bool, as_json: bool) -> None:
+def test_target(
+    app: AppContext, name: str, datasets: tuple[str, ...], send: bool, allow_http: bool, as_json: bool
+) -> None:
     """Check target NAME from here: API version, credentials, datasets and their DAGs; exit 1 on any failure.
 
     \b
@@ -256,6 +270,7 @@ def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: boo
 
     store = _store(app)
     target = store.get(name)
+    _refuse_plain_http(target, allow_http)
     client = AirflowClient(http_transport(4), _SsmSecrets(store))
     report = _Report()
     try:

@@ -54,7 +54,7 @@ def test_put_list_show_test_delete_round_trip_never_shows_the_secret(
     stored = stack.ssm.get_parameter(Name=f"{stack.secrets_path}/team-b", WithDecryption=False)["Parameter"]
     listed = run("targets", "list", "--json")
     shown = run("targets", "show", "team-b")
-    tested = run("targets", "test", "team-b", "--send")
+    tested = run("targets", "test", "team-b", "--send", "--allow-http")
     deleted = run("targets", "delete", "team-b")
     after = run("targets", "list", "--json")
 
@@ -104,18 +104,41 @@ def test_targets_test_fails_clearly_on_refused_credentials_and_unknown_dataset(
         "--token-env", "PW", "--allow-http", env={"PW": "wrong-pw"},
     )  # fmt: skip
 
-    refused = run("targets", "test", "old")
+    refused = run("targets", "test", "old", "--allow-http")
     run(
         "targets", "put", "old", "--url", fake.url, "--dataset", BEARS, "--auth", "basic", "--username", "admin",
         "--token-env", "PW", "--allow-http", env={"PW": "right-pw"},
     )  # fmt: skip
-    unknown = run("targets", "test", "old")
+    unknown = run("targets", "test", "old", "--allow-http")
 
     assert refused.exit_code == 1
     assert "credentials refused" in refused.output
     assert unknown.exit_code == 1
     assert "not known downstream" in unknown.output
     assert "wrong-pw" not in refused.output
+
+
+def test_targets_test_refuses_a_plain_http_target_unless_allowed(
+    run: Callable[..., Result], airflow: Callable[..., FakeAirflow]
+) -> None:
+    fake = airflow("3", auth="bearer", token="tok-in-clear-99")
+    fake.add_dataset(BEARS)
+    run(
+        "targets", "put", "local", "--url", fake.url, "--dataset", BEARS, "--auth", "bearer",
+        "--token-env", "T", "--allow-http", env={"T": "tok-in-clear-99"},
+    )  # fmt: skip
+
+    refused = run("targets", "test", "local")
+    requests_before = len(fake.requests)
+    allowed = run("targets", "test", "local", "--allow-http")
+
+    assert refused.exit_code == 1
+    assert "plain http://" in refused.output
+    assert "credential" in refused.output
+    assert "--allow-http" in refused.output
+    assert requests_before == 0  # refused before anything was sent
+    assert allowed.exit_code == 0, allowed.output
+    assert "tok-in-clear-99" not in refused.output + allowed.output
 
 
 def test_enable_disable_and_malformed_parameter_reporting(run: Callable[..., Result], stack: ForwarderStack) -> None:
