@@ -35,9 +35,11 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
     if token_stdin and token_env:
         raise CliError("use either --token-stdin or --token-env, not both")
     if token_stdin:
-        value = sys.stdin.read().strip()
+        value = _read_stdin_secret()
         if not value:
             raise CliError("--token-stdin: nothing was read from standard input")
+        if "\n" in value or "\r" in value:
+            raise CliError("--token-stdin: the value has a line break inside; pipe the token alone")
         return value
     if token_env:
         value = os.environ.get(token_env, "").strip()
@@ -47,6 +49,17 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
     return None
 
 
+def _read_stdin_secret() -> str:
+    """Typed at a terminal: a hidden prompt. Piped: all of it, less the one line ending `echo` adds (spaces kept)."""
+    if sys.stdin.isatty():
+        return str(click.prompt("Token or password (hidden)", hide_input=True, default="", show_default=False))
+    value = sys.stdin.read()
+    for ending in ("\r\n", "\n"):
+        if value.endswith(ending):
+            return value[: -len(ending)]
+    return value
+
+
 @targets.command("put")
 @click.argument("name")
 @click.option("--url", required=True, help="Base URL of the downstream Airflow (Astro: the deployment URL).")
@@ -54,7 +67,11 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
 @click.option("--dataset", "datasets", multiple=True, required=True, help="Exact URI or fnmatch glob; repeat.")
 @click.option("--auth", "auth_type", type=click.Choice(AUTH_TYPES), required=True)
 @click.option("--username", help="For basic and airflow-token.")
-@click.option("--token-stdin", is_flag=True, help="Read the token or password from standard input.")
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the token or password from standard input (a hidden prompt on a terminal).",
+)
 @click.option("--token-env", metavar="VAR", help="Read the token or password from this environment variable.")
 @click.option("--timeout", "timeout_s", type=float, default=10.0, show_default=True)
 @click.option("--disabled", is_flag=True, help="Register it switched off.")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import subprocess
 import sys
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +23,7 @@ from tests.fakes.aws import ForwarderStack
 from tests.fakes.envelopes import envelope
 from tests.fakes.lambda_sqs import LambdaSqsDriver
 from tests.fakes.sqs_proxy import SpoilingProxy
+from tests.integration.conftest import wait_for
 
 BEARS = "s3://bucket/bears"
 
@@ -93,6 +99,81 @@ def test_put_validates_before_writing(run: Callable[..., Result], stack: Forward
     assert unset_env.exit_code == 1
     assert "SURELY_NOT_SET_VAR" in unset_env.output
     assert json.loads(run("targets", "list", "--json").output)["targets"] == []
+
+
+def _stored_secret(stack: ForwarderStack, name: str) -> str:
+    parameter = stack.ssm.get_parameter(Name=f"{stack.secrets_path}/{name}", WithDecryption=True)["Parameter"]
+    return str(parameter["Value"])
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_token_stdin_piped_keeps_every_character_but_the_final_line_ending(
+    run: Callable[..., Result], stack: ForwarderStack, ending: str
+) -> None:
+    put = run(
+        "targets", "put", "spaced", "--url", "https://x.example", "--dataset", BEARS, "--auth", "bearer",
+        "--token-stdin", input=f"  tok with spaces\t {ending}",
+    )  # fmt: skip
+    two_lines = run(
+        "targets", "put", "two", "--url", "https://x.example", "--dataset", BEARS, "--auth", "bearer",
+        "--token-stdin", input="tok-line-1\ntok-line-2\n",
+    )  # fmt: skip
+
+    assert put.exit_code == 0, put.output
+    assert _stored_secret(stack, "spaced") == "  tok with spaces\t "
+    assert two_lines.exit_code == 1
+    assert "line break" in two_lines.output
+    assert "tok-line" not in two_lines.output
+
+
+def test_token_stdin_on_a_terminal_prompts_without_echo(stack: ForwarderStack) -> None:
+    """The real CLI on a pseudo-terminal that is its controlling terminal, as when an operator types the token."""
+    token = " typed-SECRET-6161 "
+    primary, secondary = pty.openpty()
+    command = [
+        sys.executable, "-m", "dataset_forwarder_cli.main", "--targets-path", stack.targets_path,
+        "--secrets-path", stack.secrets_path, "targets", "put", "typed", "--url", "https://x.example",
+        "--dataset", BEARS, "--auth", "bearer", "--token-stdin",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+        start_new_session=True,
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),  # noqa: PLW1509 - no threads to fork with here
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    os.close(secondary)
+    screen = b""
+
+    def read_some() -> bool:
+        nonlocal screen
+        if select.select([primary], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the child closed the terminal
+                return True
+            screen += chunk
+            return not chunk
+        return process.poll() is not None
+
+    try:
+        wait_for(lambda: read_some() or b"hidden" in screen, timeout_s=30, what="the hidden prompt")
+        os.write(primary, token.encode() + b"\n")
+        wait_for(lambda: read_some() and process.poll() is not None, timeout_s=30, what="the command to end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        os.close(primary)
+
+    output = screen.decode(errors="replace")
+    assert process.returncode == 0, output
+    assert "Token or password (hidden)" in output
+    assert "typed-SECRET" not in output
+    assert "saved target typed" in output
+    assert _stored_secret(stack, "typed") == token
 
 
 def test_targets_test_fails_clearly_on_refused_credentials_and_unknown_dataset(
