@@ -60,6 +60,11 @@ class DeadLetterRecord:
         return self.attributes.get("error", "?")
 
     @property
+    def unconfirmed(self) -> bool:
+        """The target may already hold this event (its last try lost its answer): DESIGN §9.4."""
+        return self.attributes.get("unconfirmed") == "true"
+
+    @property
     def envelope(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.body)
@@ -85,13 +90,18 @@ class DeadLetterRecord:
             "detail": self.attributes.get("detail", ""),
             "attempts": self.attributes.get("attempts", ""),
             "failed_at": self.attributes.get("failed_at", ""),
+            "unconfirmed": self.unconfirmed,
             "uri": self.uri,
             "event_id": self.event_id,
             "body": self.envelope if self.envelope is not None else self.body,
         }
 
-    def matches(self, target: str | None, error: str | None) -> bool:
-        return (target is None or self.target == target) and (error is None or self.error == error)
+    def matches(self, target: str | None, error: str | None, *, unconfirmed_only: bool = False) -> bool:
+        return (
+            (target is None or self.target == target)
+            and (error is None or self.error == error)
+            and (self.unconfirmed or not unconfirmed_only)
+        )
 
 
 class DeadLetterBox:
@@ -153,12 +163,18 @@ class DeadLetterBox:
             )
 
     def peek(
-        self, *, target: str | None = None, error: str | None = None, limit: int | None = None
+        self,
+        *,
+        target: str | None = None,
+        error: str | None = None,
+        limit: int | None = None,
+        unconfirmed_only: bool = False,
     ) -> list[DeadLetterRecord]:
         """The matching dead letters, oldest first; the queue is left as it was."""
         held = list(self.scan())
         self.release(held)
-        selected = sorted((r for r in held if r.matches(target, error)), key=lambda r: r.sent_at_ms)
+        matching = (r for r in held if r.matches(target, error, unconfirmed_only=unconfirmed_only))
+        selected = sorted(matching, key=lambda r: r.sent_at_ms)
         return selected[:limit] if limit is not None else selected
 
     def redrive(

@@ -39,25 +39,39 @@ def dlq() -> None:
 
 @dlq.command("list")
 @with_filters
+@click.option(
+    "--unconfirmed", "unconfirmed_only", is_flag=True, help="Only letters whose target may already hold the event."
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @friendly
-def list_dead_letters(app: AppContext, target: str | None, error: str | None, limit: int | None, as_json: bool) -> None:
+def list_dead_letters(
+    app: AppContext, target: str | None, error: str | None, limit: int | None, unconfirmed_only: bool, as_json: bool
+) -> None:
     """Dead letters, oldest first, with counts by target and error.
+
+    A letter marked unconfirmed lost the answer of its last try: its target may already have the event
+    (a redrive checks the target before posting it again).
 
     \b
     Examples:
       dataset-forwarder dlq list
       dataset-forwarder dlq list --target team-b --error auth --json
+      dataset-forwarder dlq list --unconfirmed
     """
-    records = _box(app).peek(target=target, error=error, limit=limit)
+    records = _box(app).peek(target=target, error=error, limit=limit, unconfirmed_only=unconfirmed_only)
     by_target = Counter(r.target for r in records)
     by_error = Counter(r.error for r in records)
     if as_json:
         emit_json(
             {
                 "dead_letters": [r.as_dict() for r in records],
-                "counts": {"by_target": dict(by_target), "by_error": dict(by_error), "total": len(records)},
+                "counts": {
+                    "by_target": dict(by_target),
+                    "by_error": dict(by_error),
+                    "unconfirmed": sum(r.unconfirmed for r in records),
+                    "total": len(records),
+                },
             }
         )
         return
@@ -67,6 +81,7 @@ def list_dead_letters(app: AppContext, target: str | None, error: str | None, li
             r.target,
             r.error,
             r.attributes.get("attempts", ""),
+            "yes" if r.unconfirmed else "",
             shorten(r.uri, 40),
             r.event_id,
             shorten(r.attributes.get("detail", ""), 60),
@@ -76,7 +91,7 @@ def list_dead_letters(app: AppContext, target: str | None, error: str | None, li
     ]
     table(
         f"{len(records)} dead letter(s)",
-        ["failed at", "target", "error", "attempts", "uri", "event id", "detail", "message id"],
+        ["failed at", "target", "error", "attempts", "unconfirmed", "uri", "event id", "detail", "message id"],
         rows,
     )
     if records:

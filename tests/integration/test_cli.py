@@ -300,6 +300,7 @@ def test_dead_letter_listed_filtered_redriven_after_fix_and_delivered_once(
     assert listed["counts"] == {
         "by_target": {"team-b": 1, "-": 1},
         "by_error": {"auth": 1, "invalid_message": 1},
+        "unconfirmed": 0,
         "total": 2,
     }
     assert [d["target"] for d in only_auth["dead_letters"]] == ["team-b"]
@@ -334,6 +335,32 @@ def _depth(stack: ForwarderStack, queue_url: str) -> int:
         QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+def test_dlq_list_unconfirmed_shows_only_letters_whose_target_may_hold_the_event(
+    run: Callable[..., Result], stack: ForwarderStack
+) -> None:
+    unsure_id, unsure = _dead_letter(stack, "team-b", "timeout", unconfirmed="true")
+    _dead_letter(stack, "team-b", "timeout")
+    _dead_letter(stack, "team-c", "auth", unconfirmed="false")
+
+    everything = json.loads(run("dlq", "list", "--json").output)
+    unconfirmed = json.loads(run("dlq", "list", "--unconfirmed", "--json").output)
+    table = run("dlq", "list", "--unconfirmed", env={"COLUMNS": "250"})
+    shown = json.loads(run("dlq", "show", unsure_id).output)
+
+    assert everything["counts"]["total"] == 3
+    assert everything["counts"]["unconfirmed"] == 1
+    assert [(d["message_id"], d["unconfirmed"]) for d in unconfirmed["dead_letters"]] == [(unsure_id, True)]
+    assert unconfirmed["counts"] == {
+        "by_target": {"team-b": 1}, "by_error": {"timeout": 1}, "unconfirmed": 1, "total": 1,
+    }  # fmt: skip
+    assert table.exit_code == 0
+    assert "unconfirmed" in table.output
+    assert "1 dead letter(s)" in table.output
+    assert unsure["id"] in table.output
+    assert shown["unconfirmed"] is True
+    assert shown["event_id"] == unsure["id"]
 
 
 def test_redrive_reports_a_letter_sent_but_not_deleted_and_exits_1(
