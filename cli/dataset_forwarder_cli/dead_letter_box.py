@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 HOLD_S = 300  # a scan of a long DLQ must end before its first holds run out; `peek` releases them at once
+SAMPLE_HOLD_S = 30  # a bounded sample is read in seconds; released at once anyway
 MAX_ROUNDS_WITHOUT_NEW = 20  # holds shorter than a scan of the queue: stop rather than cycle
 BATCH = 10
 
@@ -176,6 +177,12 @@ class DeadLetterBox:
         matching = (r for r in held if r.matches(target, error, unconfirmed_only=unconfirmed_only))
         selected = sorted(matching, key=lambda r: r.sent_at_ms)
         return selected[:limit] if limit is not None else selected
+
+    def sample(self, limit: int, *, hold_s: int = SAMPLE_HOLD_S) -> list[DeadLetterRecord]:
+        """Up to `limit` dead letters, oldest first, each held for a moment and released: none is consumed."""
+        held = self.scan(hold_s=hold_s, limit=limit)
+        self.release(held)
+        return sorted(held, key=lambda r: r.sent_at_ms)
 
     def redrive(
         self,
