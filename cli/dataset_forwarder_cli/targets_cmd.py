@@ -256,7 +256,7 @@ def _auth_hint(failure: DeliveryFailed) -> str:
 
 def _refuse_plain_http(target: Target, allow_http: bool) -> None:
     """A check sends the target's credential: never unencrypted unless asked for (a local stack)."""
-    if allow_http or not target.url.lower().startswith("http://"):
+    if allow_http or not (target.url or "").lower().startswith("http://"):  # an MWAA target has no url
         return
     sent = "its credential and events" if target.auth.secret else "its requests"
     raise CliError(
