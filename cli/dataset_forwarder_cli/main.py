@@ -1,4 +1,4 @@
-"""The `dataset-forwarder` command: global options, then `targets`, `dlq`, `send-test-event`."""
+"""The `dataset-forwarder` command: global options, then `status`, `targets`, `dlq`, `send-test-event`, `local`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .context import DEFAULT_SECRETS_PATH, DEFAULT_TARGETS_PATH, AppContext
 from .dlq_cmd import dlq
 from .errors import CliError, friendly
 from .local.commands import local
+from .status_cmd import status
 from .targets_cmd import targets
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -27,6 +28,12 @@ pass_app = click.make_pass_decorator(AppContext)
 @click.option("--dlq-url", envvar="DEAD_LETTER_QUEUE_URL", help="The dead-letter queue URL.")
 @click.option("--targets-path", envvar="TARGETS_PATH", default=DEFAULT_TARGETS_PATH, show_default=True)
 @click.option("--secrets-path", envvar="SECRETS_PATH", default=DEFAULT_SECRETS_PATH, show_default=True)
+@click.option(
+    "--local",
+    "use_local",
+    is_flag=True,
+    help="Work on the running local stack (`local up`): its endpoint, queues and paths, over the options above.",
+)
 @click.version_option(package_name="airflow-dataset-forwarder")
 @click.pass_context
 def cli(
@@ -37,15 +44,23 @@ def cli(
     dlq_url: str | None,
     targets_path: str,
     secrets_path: str,
+    use_local: bool,
 ) -> None:
     """Operate airflow-dataset-forwarder: register downstream targets, inspect and replay dead letters.
 
     \b
     Examples:
+      dataset-forwarder --stack-name dataset-forwarder status
       dataset-forwarder --stack-name dataset-forwarder targets list
       dataset-forwarder --stack-name dataset-forwarder dlq list --error auth
       dataset-forwarder --stack-name dataset-forwarder dlq redrive --target team-b
+      dataset-forwarder --local status
     """
+    if use_local:
+        if ctx.invoked_subcommand == "local":
+            raise CliError("--local is for the commands that use a stack, not for `local` itself")
+        ctx.obj = AppContext.for_local_stack()
+        return
     ctx.obj = AppContext(
         region=region,
         stack_name=stack_name,
@@ -56,6 +71,7 @@ def cli(
     )
 
 
+cli.add_command(status)
 cli.add_command(targets)
 cli.add_command(dlq)
 cli.add_command(local)

@@ -37,9 +37,11 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
     if token_stdin and token_env:
         raise CliError("use either --token-stdin or --token-env, not both")
     if token_stdin:
-        value = sys.stdin.read().strip()
+        value = _read_stdin_secret()
         if not value:
             raise CliError("--token-stdin: nothing was read from standard input")
+        if "\n" in value or "\r" in value:
+            raise CliError("--token-stdin: the value has a line break inside; pipe the token alone")
         return value
     if token_env:
         value = os.environ.get(token_env, "").strip()
@@ -47,6 +49,17 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
             raise CliError(f"--token-env: environment variable {token_env} is not set or empty")
         return value
     return None
+
+
+def _read_stdin_secret() -> str:
+    """Typed at a terminal: a hidden prompt. Piped: all of it, less the one line ending `echo` adds (spaces kept)."""
+    if sys.stdin.isatty():
+        return str(click.prompt("Token or password (hidden)", hide_input=True, default="", show_default=False))
+    value = sys.stdin.read()
+    for ending in ("\r\n", "\n"):
+        if value.endswith(ending):
+            return value[: -len(ending)]
+    return value
 
 
 def _way_in(
@@ -87,7 +100,11 @@ def _way_in(
 @click.option("--url", help="HTTPS way in: base URL of the downstream Airflow (Astro: the deployment URL).")
 @click.option("--auth", "auth_type", type=click.Choice(list(AUTH_TYPES)), help="Credential type of --url.")
 @click.option("--username", help="For basic and airflow-token.")
-@click.option("--token-stdin", is_flag=True, help="Read the token or password from standard input.")
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the token or password from standard input (a hidden prompt on a terminal).",
+)
 @click.option("--token-env", metavar="VAR", help="Read the token or password from this environment variable.")
 @click.option("--mwaa-environment", metavar="NAME", help="MWAA way in: the environment's name (IAM, no secret).")
 @click.option("--mwaa-region", metavar="REGION", help="The MWAA environment's region (default: the function's).")
@@ -296,14 +313,29 @@ def _downstream(app: AppContext, store: TargetStore, target: Target) -> Downstre
     return Downstream(target, services)
 
 
+def _refuse_plain_http(target: Target, allow_http: bool) -> None:
+    """A check sends the target's credential: never unencrypted unless asked for (a local stack)."""
+    url = str(getattr(target.way_in, "url", ""))  # an MWAA target has no url
+    if allow_http or not url.lower().startswith("http://"):
+        return
+    sent = "its credential and events" if target.secret else "its requests"
+    raise CliError(
+        f"target {target.name} is plain http:// ({url}): checking it would send {sent} unencrypted; "
+        "pass --allow-http only for a local stack"
+    )
+
+
 @targets.command("test")
 @click.argument("name")
 @click.option("--dataset", "datasets", multiple=True, help="URI to check (default: the target's exact URIs).")
 @click.option("--send", is_flag=True, help="Also deliver one real test event for each dataset checked.")
+@click.option("--allow-http", is_flag=True, help="Check an http:// target (local stacks only: sent unencrypted).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @friendly
-def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: bool, as_json: bool) -> None:
+def test_target(
+    app: AppContext, name: str, datasets: tuple[str, ...], send: bool, allow_http: bool, as_json: bool
+) -> None:
     """Check target NAME from here: way in, Airflow version, credentials, then what its action needs
     (the datasets and the DAGs scheduled on them, or the DAG a trigger_dag target starts); exit 1 on any failure.
 
@@ -317,6 +349,7 @@ def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: boo
 
     store = _store(app)
     target = store.get(name)
+    _refuse_plain_http(target, allow_http)
     downstream = _downstream(app, store, target)
     checks: list[Check] = []
     try:
