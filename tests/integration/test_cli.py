@@ -264,6 +264,42 @@ def test_send_test_event_puts_a_valid_envelope_on_the_queue(
     assert event.extra["dataset_forwarder"]["trail"] == ["ops-laptop"]
 
 
+def test_send_test_event_sends_a_dag_run_outcome_with_partition_key_to_one_target(
+    run: Callable[..., Result],
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+) -> None:
+    failed_uri = "dagrun://team-a/etl_daily/failed"
+    chosen, other = airflow("3"), airflow("3")
+    for fake in (chosen, other):
+        fake.add_dataset(failed_uri)
+    stack.put_target("chosen", {"url": chosen.url, "datasets": ["dagrun://team-a/*"]})
+    stack.put_target("other", {"url": other.url, "datasets": ["dagrun://team-a/*"]})
+
+    sent = run(
+        "send-test-event", "--dag-run", "etl_daily", "--state", "failed", "--deployment", "team-a",
+        "--partition-key", "2026-12-06", "--target", "chosen", "--json",
+    )  # fmt: skip
+    both = run("send-test-event", "s3://x", "--dag-run", "etl_daily")
+    lambda_driver.drain()
+
+    assert sent.exit_code == 0, sent.output
+    envelope_sent = json.loads(sent.output)["envelope"]
+    assert envelope_sent["kind"] == "dag_run"
+    assert envelope_sent["uri"] == envelope_sent["name"] == failed_uri
+    assert envelope_sent["partition_key"] == "2026-12-06"
+    assert envelope_sent["only_targets"] == ["chosen"]
+    assert {"dag_id", "run_id", "state", "run_type", "logical_date", "start_date", "end_date"} <= set(
+        envelope_sent["extra"]
+    )
+    assert envelope_sent["source"]["task_id"] is None
+    assert both.exit_code == 1  # a URI and --dag-run at once
+    [event] = chosen.events
+    assert event.extra["state"] == "failed"
+    assert other.events == []
+
+
 def test_dead_letter_listed_filtered_redriven_after_fix_and_delivered_once(
     run: Callable[..., Result],
     stack: ForwarderStack,

@@ -66,6 +66,59 @@ class Envelope:
         return body
 
 
+ASSET_EVENT = "asset_event"
+DAG_RUN = "dag_run"
+DAG_RUN_STATES = ("success", "failed")
+
+
+def dag_run_uri(deployment: str, dag_id: str, state: str) -> str:
+    """The URI a finished DAG run is reported under: `dagrun://{deployment}/{dag_id}/{state}`."""
+    return f"dagrun://{deployment}/{dag_id}/{state}"
+
+
+def new_envelope(
+    uri: str,
+    *,
+    event_id: str,
+    deployment: str,
+    extra: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    kind: str = ASSET_EVENT,
+    partition_key: str | None = None,
+    only_targets: list[str] | None = None,
+) -> dict[str, Any]:
+    """A version-1 envelope as a listener of `deployment` writes it (the CLI's test events use it)."""
+    envelope: dict[str, Any] = {
+        "version": VERSION,
+        "kind": kind,
+        "id": event_id,
+        "uri": uri,
+        "name": uri,
+        "extra": extra or {},
+        "source": {
+            "deployment": deployment,
+            "airflow_version": None,
+            "dag_id": None,
+            "task_id": None,
+            "run_id": None,
+            "map_index": None,
+            **(source or {}),
+        },
+        "emitted_at": datetime.now(UTC).isoformat(),
+        "trail": [deployment],
+        "only_targets": only_targets,
+    }
+    if partition_key is not None:
+        envelope["partition_key"] = partition_key
+    return envelope
+
+
+def message_attributes(envelope: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The SQS message attributes a listener sets on an envelope."""
+    values = {"uri": envelope["uri"], "event_id": envelope["id"], "source_deployment": envelope["source"]["deployment"]}
+    return {key: {"DataType": "String", "StringValue": str(value)} for key, value in values.items()}
+
+
 def parse_time(value: Any) -> datetime | None:
     """An ISO 8601 time as Airflow and the listener write it (naive means UTC); None when absent or bad."""
     if not isinstance(value, str):
