@@ -4,6 +4,7 @@ import json
 import time
 
 from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
+from dataset_forwarder_listener.spool import Spool
 from tests.conftest import QUEUE_URL
 from tests.fakes.sqs import StubSqs, connection_error
 
@@ -155,3 +156,19 @@ def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spo
 
     assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted([left["id"], new["id"]])
     assert spool.count() == 0
+
+
+def test_unsafe_spool_directory_leaves_the_background_sender_idle(tmp_path, make_envelope):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").symlink_to(elsewhere)
+    client = StubSqs()
+    sending = background(Spool(tmp_path / "spool", max_files=10), client)
+
+    for second in range(3):
+        sending.submit(make_envelope(second=second))
+    sending.close(timeout_s=2)
+
+    assert sending._thread is None  # no thread was started for nothing
+    assert client.calls == 0
+    assert list(elsewhere.iterdir()) == []

@@ -320,3 +320,17 @@ def test_a_send_stuck_past_its_budget_does_not_block_the_next_one(spool, make_en
     started = time.monotonic()
     assert sender.send(make_envelope(second=2)) is True
     assert time.monotonic() - started < 1.0
+
+
+def test_unsafe_spool_directory_makes_the_sender_forward_nothing(tmp_path, make_envelope):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").symlink_to(elsewhere)
+    client = StubSqs()
+    sender = make_sender(Spool(tmp_path / "spool", max_files=10), client)
+
+    assert sender.send(make_envelope(second=1)) is False
+    assert sender.send_all([make_envelope(second=2), make_envelope(second=3)]) == 0
+
+    assert client.calls == 0
+    assert list(elsewhere.iterdir()) == []

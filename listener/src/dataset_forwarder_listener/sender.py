@@ -306,6 +306,8 @@ class Sender:
         Each file is settled by its own entry's answer: removed when SQS accepted that entry,
         parked when it refused it for good, and otherwise left spooled for a later flush.
         """
+        if self.spool.refused:  # an unsafe spool directory: this process forwards nothing (the spool said why)
+            return [Outcome.RETRY] * len(items)
         outcomes = [Outcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
         todo: list[tuple[int, Envelope, Path | None]] = []
         for index, (envelope, path) in enumerate(items):
@@ -453,6 +455,8 @@ class BackgroundSender:
     def submit(self, envelope: Envelope) -> None:
         """Spool ``envelope`` and queue it for the thread; never blocks."""
         path = self.sender.spool.write(envelope, unique=True)
+        if self.sender.spool.refused:
+            return  # an unsafe spool directory: nothing is forwarded from this process (the spool said why)
         self._submitted_at = time.monotonic()
         self._ensure_started()
         try:
