@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
+
+import pytest
 
 from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
 from dataset_forwarder_listener.spool import Spool
@@ -172,3 +175,78 @@ def test_unsafe_spool_directory_leaves_the_background_sender_idle(tmp_path, make
     assert sending._thread is None  # no thread was started for nothing
     assert client.calls == 0
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [{"uri": 42}, {"uri": ["s3://bucket/a"]}, {"source": "not an object"}, {"id": {"not": "a string"}}],
+    ids=["uri-number", "uri-list", "source-string", "id-object"],
+)
+def test_a_poison_file_in_the_spool_is_parked_and_the_sender_keeps_sending(spool, make_envelope, poison):
+    bad = {**make_envelope(second=1), **poison}
+    spool.directory.mkdir(parents=True)
+    name = f"{1:020d}-poison.json"
+    (spool.directory / name).write_text(json.dumps(bad))  # a hand edit, or a bug in another version
+    client = StubSqs()
+    sending = background(spool, client)
+    first, later = make_envelope(second=2), make_envelope(second=3)
+
+    sending.submit(first)  # the thread starts, sends it, and catches up on the spool: the poison file
+    assert wait_for((spool.rejected_dir / name).exists)
+    sending.submit(later)
+
+    assert wait_for(lambda: len(client.sent) == 2 and spool.count() == 0)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted([first["id"], later["id"]])
+    assert sending._thread.is_alive()
+    assert sending._restarts == 0  # it survived rather than being replaced
+    assert [p.name for p in spool.rejected_dir.iterdir()] == [name]
+    sending.close()
+
+
+def test_an_unexpected_error_does_not_stop_the_sender(spool, make_envelope, caplog):
+    client = StubSqs()
+    sending = background(spool, client, min_backoff_s=0.1)
+    real_flush = sending.sender.flush
+    failures = []
+
+    def flush_failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug nobody foresaw")
+        return real_flush(*args, **kwargs)
+
+    sending.sender.flush = flush_failing_once
+    with caplog.at_level(logging.ERROR):
+        sending.submit(make_envelope(second=1))
+        assert wait_for(lambda: failures and len(client.sent) == 1)
+        sending.submit(make_envelope(second=2))
+        assert wait_for(lambda: len(client.sent) == 2 and spool.count() == 0)
+
+    assert "unexpected error" in caplog.text
+    assert sending._restarts == 0
+    sending.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death is the point
+def test_a_dead_sender_thread_is_replaced_at_the_next_submit(spool, make_envelope, caplog):
+    client = StubSqs()
+    sending = background(spool, client)
+    real_flush = sending.sender.flush
+
+    def flush_killing_the_thread(*args, **kwargs):
+        sending.sender.flush = real_flush
+        raise SystemExit  # ends a thread silently, past any `except Exception`
+
+    sending.sender.flush = flush_killing_the_thread
+    sending.submit(make_envelope(second=1))  # sent, then the catch-up kills the thread
+    assert wait_for(lambda: len(client.sent) == 1 and not sending._thread.is_alive())
+    spool.write(make_envelope(second=2))  # written meanwhile, by another process
+
+    with caplog.at_level(logging.WARNING):
+        sending.submit(make_envelope(second=3))
+
+    assert wait_for(lambda: len(client.sent) == 3 and spool.count() == 0)
+    assert sending._thread.is_alive()
+    assert sending._restarts == 1
+    assert "started it again" in caplog.text
+    sending.close()

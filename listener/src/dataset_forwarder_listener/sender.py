@@ -132,13 +132,23 @@ class SqsTransport:
         whole and may heal, the envelopes not tried yet get the same answer without a try.
         """
         deadline = time.monotonic() + timeout_s
+        answers: list[Result | None] = [None] * len(envelopes)
+        sendable: list[int] = []
+        for index, envelope in enumerate(envelopes):
+            problem = unsendable(envelope)
+            if problem is None:
+                sendable.append(index)
+            else:  # e.g. a spooled file edited by hand: SQS could never take it, so it must not block the others
+                answers[index] = Result(Outcome.REJECTED, f"not a sendable envelope: {problem}")
         results: list[Result] = []
-        for chunk in _chunks(envelopes):
+        for chunk in _chunks([envelopes[index] for index in sendable]):
             if results and results[-1].outcome is Outcome.RETRY:
                 results.extend([results[-1]] * len(chunk))  # the queue just failed: no point trying again now
                 continue
             results.extend(self._send_chunk(chunk, deadline))
-        return results
+        for index, result in zip(sendable, results):
+            answers[index] = result
+        return [answer or Result(Outcome.RETRY, "not tried") for answer in answers]
 
     def _send_chunk(self, chunk: Sequence[Envelope], deadline: float) -> list[Result]:
         if len(chunk) == 1:
@@ -222,6 +232,25 @@ class SqsTransport:
         return results
 
 
+def unsendable(envelope: Any) -> str | None:
+    """Why ``envelope`` can never be sent (its body or attributes cannot be built); None when it can.
+
+    Envelopes the listener builds always can; a spooled file can hold anything (a hand edit, a bug in
+    another version). Such a file must be parked, not retried: it would fail the same way every time.
+    """
+    if not isinstance(envelope, dict):
+        return f"a {type(envelope).__name__}, not an object"
+    try:
+        dumps(envelope)
+        attributes = message_attributes(envelope)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    for name, value in attributes.items():
+        if not isinstance(value["StringValue"], str) or not value["StringValue"]:
+            return f"{name} is {value['StringValue']!r}, not a non-empty string"
+    return None
+
+
 def _chunks(envelopes: Sequence[Envelope]) -> Iterator[list[Envelope]]:
     """Envelopes in groups SQS takes in one SendMessageBatch: at most 10, and under its size limit."""
     chunk: list[Envelope] = []
@@ -250,7 +279,7 @@ def _classify(exc: Exception) -> Result:
     error = getattr(exc, "response", None)
     code = str(((error or {}).get("Error") or {}).get("Code") or "")
     detail = f"{type(exc).__name__}: {exc}"
-    if _is_permanent(code):
+    if _is_permanent(code) or type(exc).__name__ == "ParamValidationError":  # botocore refused to build the request
         return Result(Outcome.REJECTED, detail, code)
     return Result(Outcome.RETRY, detail, code)
 
@@ -319,7 +348,11 @@ class Sender:
             todo.append((index, envelope, claimed))
         if not todo:
             return outcomes
-        results = self.transport.send_batch([envelope for _, envelope, _ in todo], self._timeout(deadline))
+        try:
+            results = self.transport.send_batch([envelope for _, envelope, _ in todo], self._timeout(deadline))
+        except BaseException:
+            self._release_all(claimed for _, _, claimed in todo)  # an unexpected error: give the files back
+            raise
         for (index, envelope, claimed), result in zip(todo, results):
             self._settle(envelope, claimed, result)
             outcomes[index] = result.outcome
@@ -360,17 +393,15 @@ class Sender:
         for start in range(0, len(todo), MAX_BATCH):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            batch: list[tuple[Path, Envelope]] = []
-            for path in todo[start : start + MAX_BATCH]:
-                claimed = self.spool.claim(path)
-                envelope = self.spool.read(claimed) if claimed is not None else None
-                if claimed is None or envelope is None:
-                    settled += 1
-                    continue
-                batch.append((claimed, envelope))
+            batch = self._claim(todo[start : start + MAX_BATCH])
+            settled += len(todo[start : start + MAX_BATCH]) - len(batch)  # taken by another process, or parked
             if not batch:
                 continue
-            results = self.transport.send_batch([envelope for _, envelope in batch], self._timeout(deadline))
+            try:
+                results = self.transport.send_batch([envelope for _, envelope in batch], self._timeout(deadline))
+            except BaseException:
+                self._release_all(claimed for claimed, _ in batch)  # an unexpected error: give the files back
+                raise
             for (claimed, _), result in zip(batch, results):
                 if result.outcome is Outcome.RETRY:
                     self.spool.release(claimed)
@@ -389,6 +420,21 @@ class Sender:
         if sent:
             log.info("Sent %d spooled dataset events to SQS.", sent)
         return Flushed(sent=sent, remaining=len(paths) - settled, failed=failed)
+
+    def _claim(self, paths: Sequence[Path]) -> list[tuple[Path, Envelope]]:
+        """Claim and read ``paths``: the ones this process now holds, with their envelopes."""
+        batch: list[tuple[Path, Envelope]] = []
+        for path in paths:
+            claimed = self.spool.claim(path)
+            envelope = self.spool.read(claimed) if claimed is not None else None
+            if claimed is not None and envelope is not None:
+                batch.append((claimed, envelope))
+        return batch
+
+    def _release_all(self, claims: Iterable[Path | None]) -> None:
+        for claimed in claims:
+            if claimed is not None:
+                self.spool.release(claimed)
 
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
@@ -447,6 +493,7 @@ class BackgroundSender:
         self._stop_deadline = 0.0
         self._overflow = False
         self._submitted_at = 0.0
+        self._restarts = 0
         # Owned by the thread:
         self._backlog = True  # files left by an earlier process may be waiting
         self._retry_at = 0.0
@@ -483,12 +530,22 @@ class BackgroundSender:
         thread.join(max(0.0, self._stop_deadline - time.monotonic()))
 
     def _ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        """Start the thread: the first time, in a forked child, and again should it have died."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and (thread.is_alive() or self._stopping.is_set()):
             return
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            if self._pid and self._pid != os.getpid():
+            thread = self._thread
+            if self._pid == os.getpid() and thread is not None:
+                if thread.is_alive() or self._stopping.is_set():
+                    return
+                self._restarts += 1
+                log.warning(
+                    "The dataset forwarder's sender thread had stopped; started it again (%d time(s) so far).",
+                    self._restarts,
+                )
+                self._backlog = True  # what it was sending went back to the spool, or is released when stale
+            elif self._pid and self._pid != os.getpid():
                 # A forked child (e.g. an api-server worker) inherits no thread and a queue whose lock
                 # may be held: start afresh. Files queued in the parent are still in the spool.
                 self._queue = queue.Queue(self._queue_size)
@@ -500,23 +557,33 @@ class BackgroundSender:
             self._thread.start()
 
     def _run(self) -> None:
-        try:
-            while True:
-                item = self._next()
-                if item is _STOP:
-                    return
-                items = [item] if isinstance(item, _Item) else []
-                stop = self._await_pause(items)
-                for start in range(0, len(items), MAX_BATCH):
-                    self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
-                if self._overflow:
-                    self._backlog, self._overflow = True, False
-                if self._backlog and time.monotonic() >= self._retry_at:
-                    self._catch_up()  # also while closing: within the close budget, older files go out too
-                if stop:
-                    return
-        except Exception:
-            log.exception("The dataset forwarder's sender thread stopped; unsent events stay spooled.")
+        while True:
+            item = self._next()
+            if item is _STOP:
+                return
+            items = [item] if isinstance(item, _Item) else []
+            try:
+                stop = self._round(items)
+            except Exception:
+                # A bug or a file nobody foresaw must not end the sending for good: what it was sending went
+                # back to the spool; try again after a back-off (unsendable files are parked, not retried).
+                log.exception("The dataset forwarder's sender hit an unexpected error; unsent events stay spooled.")
+                self._backlog = True
+                self._back_off()
+                stop = False
+            if stop:
+                return
+
+    def _round(self, items: list[_Item]) -> bool:
+        """Send ``items`` (and what joins them), then catch up on the spool if due; True when to stop."""
+        stop = self._await_pause(items)
+        for start in range(0, len(items), MAX_BATCH):
+            self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
+        if self._overflow:
+            self._backlog, self._overflow = True, False
+        if self._backlog and time.monotonic() >= self._retry_at:
+            self._catch_up()  # also while closing: within the close budget, older files go out too
+        return stop
 
     def _await_pause(self, items: list[_Item]) -> bool:
         """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued
