@@ -36,6 +36,7 @@ BATCH_ERRORS = frozenset(
     {"BatchRequestTooLong", "TooManyEntriesInBatchRequest", "BatchEntryIdsNotDistinct", "InvalidBatchEntryId"}
 )
 MAX_BATCH = 10  # entries SQS takes in one SendMessageBatch
+BATCHING = ("natural", "pause")  # BackgroundSender's strategies; "pause" only to be measured against
 MAX_BATCH_BYTES = 256 * 1024  # the request's size limit on every queue
 _REGION_IN_URL = re.compile(r"^https?://(?:sqs[.-])?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com", re.I)
 
@@ -458,11 +459,17 @@ class BackgroundSender:
     starts and after a success. After a failure it backs off (doubling, capped) and leaves new
     envelopes in the spool meanwhile, so a dead queue costs one bounded attempt per back-off period.
 
-    The thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client
-    or a request is CPU work that delays every system call the caller makes meanwhile by up to a
-    switch interval. So it starts that work in a pause between ``submit`` calls (``pause_s``
-    without one), or once the oldest waiting envelope has waited ``max_wait_s``; the envelopes are
-    on disk all the while.
+    Batching is natural (``batching="natural"``, the default): when no send is in flight, an envelope
+    goes at once; envelopes submitted while one is in flight wait for it and then go together, up to
+    MAX_BATCH per SendMessageBatch. A lone event pays one round trip, and a burst costs one call per
+    ten events.
+
+    ``batching="pause"`` is the earlier strategy, kept to be measured against (bench/listener_cost.py):
+    the thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client or
+    a request is CPU work that can delay a system call the caller makes meanwhile by up to a switch
+    interval, so it starts that work in a pause between ``submit`` calls (``pause_s`` without one), or
+    once the oldest waiting envelope has waited ``max_wait_s``. Either way the envelopes are on disk
+    all the while.
     """
 
     def __init__(
@@ -474,10 +481,14 @@ class BackgroundSender:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         flush_batch: int = 100,
+        batching: str = "natural",
         pause_s: float = 0.05,
         max_wait_s: float = 1.0,
     ) -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, not {batching!r}")
         self.sender = sender
+        self.batching = batching
         self.pause_s = pause_s
         self.max_wait_s = max_wait_s
         self.close_timeout_s = close_timeout_s
@@ -576,7 +587,7 @@ class BackgroundSender:
 
     def _round(self, items: list[_Item]) -> bool:
         """Send ``items`` (and what joins them), then catch up on the spool if due; True when to stop."""
-        stop = self._await_pause(items)
+        stop = self._await_pause(items) if self.batching == "pause" else self._take_queued(items)
         for start in range(0, len(items), MAX_BATCH):
             self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
         if self._overflow:
@@ -584,6 +595,20 @@ class BackgroundSender:
         if self._backlog and time.monotonic() >= self._retry_at:
             self._catch_up()  # also while closing: within the close budget, older files go out too
         return stop
+
+    def _take_queued(self, items: list[_Item]) -> bool:
+        """Add what is queued right now to ``items`` (up to one batch) without waiting for more;
+        True when the thread is to stop after sending them."""
+        while len(items) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            if isinstance(item, _Item):
+                items.append(item)
+        return False
 
     def _await_pause(self, items: list[_Item]) -> bool:
         """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued
