@@ -49,8 +49,10 @@ class Envelope:
         return parse_time(self.raw.get("emitted_at"))
 
     def downstream_extra(self) -> dict[str, Any]:
-        """The extra posted downstream: the upstream extra plus our lineage key."""
-        lineage = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        """The extra posted downstream: the upstream extra plus our lineage key (with the partition key, if any)."""
+        lineage: dict[str, Any] = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        if self.partition_key is not None:  # also where a downstream that takes no partition key can read it
+            lineage["partition_key"] = self.partition_key
         return {**self.extra, LINEAGE_KEY: lineage}
 
     def dead_letter_body(self, target: str) -> str:

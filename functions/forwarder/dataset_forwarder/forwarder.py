@@ -154,12 +154,17 @@ class Forwarder:
             self._dead_letter(message, NO_TARGET, message.body, INVALID_MESSAGE, str(exc))
             return None
         plan = route(envelope, self._targets.catalog())
-        context = {"event_id": envelope.id, "uri": envelope.uri, "message_id": message.message_id}
+        context = {
+            "event_id": envelope.id,
+            "kind": envelope.kind,
+            "uri": envelope.uri,
+            "message_id": message.message_id,
+        }
         for name in plan.looped:
-            self._stats.count(LOOP_SKIPPED, name)
+            self._stats.count(LOOP_SKIPPED, name, kind=envelope.kind)
             log.info("target already in the trail, not delivered (loop guard)", extra={**context, "target": name})
         if plan.empty:
-            self._stats.count(UNROUTED)
+            self._stats.count(UNROUTED, kind=envelope.kind)
             log.info("no target matches the event", extra=context)
             return None
         return envelope, plan
@@ -167,6 +172,7 @@ class Forwarder:
     def _settle(self, message: InboundMessage, envelope: Envelope, target: Target) -> Settlement:
         context = {
             "event_id": envelope.id,
+            "kind": envelope.kind,
             "uri": envelope.uri,
             "target": target.name,
             "message_id": message.message_id,
@@ -211,12 +217,12 @@ class Forwarder:
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
         else:
             if replayed or result.get("found_downstream"):
-                self._stats.count(DUPLICATE, target.name)
+                self._stats.count(DUPLICATE, target.name, kind=envelope.kind)
                 why = "the target already has it" if not replayed else "already delivered to this target"
                 log.info(f"{why}, not posted again", extra=context)
                 return Settlement(target.name, DUPLICATE_OUTCOME)
             latency_ms = (time.monotonic() - started) * 1000
-            self._stats.count(DELIVERED, target.name)
+            self._stats.count(DELIVERED, target.name, kind=envelope.kind)
             self._stats.latency(target.name, latency_ms)
             log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
             return Settlement(target.name, DELIVERED_OUTCOME)
@@ -247,7 +253,7 @@ class Forwarder:
         last_try = message.receive_count >= self._settings.max_attempts
         details = {**context, "error": failure.error, "detail": failure.detail}
         if failure.transient and not last_try:
-            self._stats.count(RETRIED, target)
+            self._stats.count(RETRIED, target, kind=envelope.kind)
             log.warning("delivery failed, will retry", extra=details)
             return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
@@ -261,6 +267,7 @@ class Forwarder:
                 failure.error,
                 detail,
                 unconfirmed=failure.may_have_landed,
+                kind=envelope.kind,
             )
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
@@ -276,17 +283,31 @@ class Forwarder:
             log.warning("cannot read the ledger before dead-lettering", extra=details, exc_info=True)
             return False
         if delivered:
-            self._stats.count(DUPLICATE, target)
+            self._stats.count(DUPLICATE, target, kind=details.get("kind"))
             log.info("failed, but already delivered by another try: not dead-lettered", extra=details)
         return delivered
 
     def _reject(self, message: InboundMessage, envelope: Envelope, name: str, reason: str) -> Settlement:
-        context = {"event_id": envelope.id, "uri": envelope.uri, "target": name, "message_id": message.message_id}
+        context = {
+            "event_id": envelope.id,
+            "kind": envelope.kind,
+            "uri": envelope.uri,
+            "target": name,
+            "message_id": message.message_id,
+        }
         failure = DeliveryFailed(INVALID_TARGET, reason, transient=False)
         return self._after_failure(message, envelope, name, failure, context)
 
     def _dead_letter(
-        self, message: InboundMessage, target: str, body: str, error: str, detail: str, *, unconfirmed: bool = False
+        self,
+        message: InboundMessage,
+        target: str,
+        body: str,
+        error: str,
+        detail: str,
+        *,
+        unconfirmed: bool = False,
+        kind: str | None = None,
     ) -> None:
         letter = DeadLetter.now(
             body=body,
@@ -300,7 +321,7 @@ class Forwarder:
             message.message_id, target, lambda: {"dead_letter_id": self._dead_letters.send(letter)}
         )
         if not replayed:
-            self._stats.count(DEAD_LETTERED, target)
+            self._stats.count(DEAD_LETTERED, target, kind=kind)
 
     async def _retry(self, message: InboundMessage, pending: list[Settlement]) -> NoReturn:
         retry_after = max((s.retry_after_s or 0.0 for s in pending), default=0.0)
