@@ -1,4 +1,4 @@
-"""Dead letters (DESIGN.md §6): one DLQ message per failed (event, target), with the reason."""
+"""Dead letters: one DLQ message per failed (event, target), with the reason (README, "Dead letters")."""
 
 from __future__ import annotations
 

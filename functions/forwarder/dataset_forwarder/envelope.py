@@ -1,4 +1,5 @@
-"""The envelope v1 (DESIGN.md §3): parse an SQS body, build what downstream and the DLQ receive."""
+"""The envelope v1, the listener's SQS message (its JSON Schema: events/envelope.schema.json): parse an SQS body,
+build what downstream and the DLQ receive."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .dead_letters import NO_TARGET, DeadLetter, DeadLetterQueue
@@ -41,10 +42,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DELIVERED_OUTCOME = "delivered"
-DUPLICATE_OUTCOME = "duplicate"
-DEAD_LETTERED_OUTCOME = "dead_lettered"
-RETRY_OUTCOME = "retry"
+
+class Outcome(StrEnum):
+    """What happened to one (record, target) in one try."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"  # delivered before (ledger), or the target already had it
+    DEAD_LETTERED = "dead_lettered"
+    RETRY = "retry"
+
+
 WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
 TIME_MARGIN_S = 3.0
 # After a POST that may have landed, other copies of the pair wait (and its own retry waits) at least this many
@@ -71,7 +78,7 @@ class Settlement:
     """What happened to one (record, target) in this try."""
 
     target: str
-    outcome: str
+    outcome: Outcome
     error: str | None = None
     detail: str = ""
     retry_after_s: float | None = None
@@ -123,7 +130,7 @@ class Forwarder:
             planned = await loop.run_in_executor(self._executor, self._plan, message)
         except TargetsUnavailable as exc:
             log.error("targets unavailable; the record will be retried", extra={"error": str(exc)})
-            await self._retry(message, [Settlement("*", RETRY_OUTCOME, CONNECTION, str(exc))])
+            await self._retry(message, [Settlement("*", Outcome.RETRY, CONNECTION, str(exc))])
         if planned is None:
             return []
         envelope, plan = planned
@@ -136,7 +143,7 @@ class Forwarder:
                 ),
             )
         )
-        pending = [s for s in settlements if s.outcome == RETRY_OUTCOME]
+        pending = [s for s in settlements if s.outcome == Outcome.RETRY]
         if pending:
             await self._retry(message, pending)
         return settlements
@@ -180,7 +187,7 @@ class Forwarder:
         }
         if message.receive_count > 1 and self._ledger.dead_lettered(message.message_id, target.name):
             log.info("already dead-lettered by an earlier try of this record", extra=context)
-            return Settlement(target.name, DEAD_LETTERED_OUTCOME)
+            return Settlement(target.name, Outcome.DEAD_LETTERED)
         # A delivery cut off by the Lambda timeout would fail the whole batch: start none that may not finish.
         needed_s = WORST_CASE_CALLS * target.timeout_s + TIME_MARGIN_S
         if self._seconds_left() < needed_s:
@@ -220,12 +227,12 @@ class Forwarder:
                 self._stats.count(DUPLICATE, target.name, kind=envelope.kind)
                 why = "the target already has it" if not replayed else "already delivered to this target"
                 log.info(f"{why}, not posted again", extra=context)
-                return Settlement(target.name, DUPLICATE_OUTCOME)
+                return Settlement(target.name, Outcome.DUPLICATE)
             latency_ms = (time.monotonic() - started) * 1000
             self._stats.count(DELIVERED, target.name, kind=envelope.kind)
             self._stats.latency(target.name, latency_ms)
             log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
-            return Settlement(target.name, DELIVERED_OUTCOME)
+            return Settlement(target.name, Outcome.DELIVERED)
         return self._after_failure(message, envelope, target.name, failure, context)
 
     def _hold_s(self, target: Target) -> float:
@@ -255,9 +262,9 @@ class Forwarder:
         if failure.transient and not last_try:
             self._stats.count(RETRIED, target, kind=envelope.kind)
             log.warning("delivery failed, will retry", extra=details)
-            return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
+            return Settlement(target, Outcome.RETRY, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
-            return Settlement(target, DUPLICATE_OUTCOME)
+            return Settlement(target, Outcome.DUPLICATE)
         detail = failure.detail
         try:
             self._dead_letter(
@@ -271,9 +278,9 @@ class Forwarder:
             )
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
-            return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
+            return Settlement(target, Outcome.RETRY, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
         log.error("delivery failed, dead-lettered", extra={**details, "unconfirmed": failure.may_have_landed})
-        return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, detail)
+        return Settlement(target, Outcome.DEAD_LETTERED, failure.error, detail)
 
     def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
         """Whether another copy or an earlier try delivered the pair this try failed on: then no dead letter."""
