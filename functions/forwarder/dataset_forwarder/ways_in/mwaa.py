@@ -32,6 +32,7 @@ from dataset_forwarder.transport import Reply
 
 MAX_PATH = 64  # InvokeRestApi's limit on Path
 MAX_CALL_S = 10.0  # InvokeRestApi gives up on the webserver after 10 s
+GATEWAY_TIMEOUT = 504  # RestApiStatusCode when it does (docs/local-mwaa.md)
 CREDENTIALS_MARGIN_S = 300.0  # assumed-role credentials are renewed this long before they expire
 ASSUME_ROLE_DURATION_S = 3600
 ENVIRONMENT_PATTERN = re.compile(r"^[a-zA-Z][0-9a-zA-Z_-]{0,79}$")
@@ -265,7 +266,17 @@ class MwaaApi:
             client = self._clients.client(self._spec.region, self._spec.role_arn, self._timeout_s)
             answer = client.invoke_rest_api(**request)
         except ClientError as exc:
-            return self._error_reply(exc, what, landed)
+            reply = self._error_reply(exc, what, landed)
+            if landed and reply.status_code == GATEWAY_TIMEOUT:
+                # InvokeRestApi stopped waiting; Airflow was not stopped and may still apply the POST.
+                failure = self.failure(reply, f"{method} {path}")
+                raise DeliveryFailed(
+                    failure.error,
+                    f"{failure.detail} (InvokeRestApi stopped waiting: the call may still have been applied)",
+                    transient=True,
+                    may_have_landed=True,
+                ) from None
+            return reply
         except ReadTimeoutError:
             detail = f"{what} got no answer within {self._timeout_s:g}s"
             raise DeliveryFailed(TIMEOUT, detail, transient=True, may_have_landed=landed) from None
