@@ -9,6 +9,8 @@ a lost answer to a POST unconfirmed, and never a retried POST.
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -531,3 +533,48 @@ def test_a_role_sts_will_not_let_us_assume_is_auth(
     assert f"cannot assume {ROLE}: AccessDenied" in caught.value.detail
     assert emulator.calls == []
     assert fake.requests == []
+
+
+@pytest.fixture
+def silent_endpoint() -> Iterator[str]:
+    """A TCP endpoint that accepts connections and never answers (an STS that hangs)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for sock in held:
+        sock.close()
+    server.close()
+
+
+def test_an_sts_that_does_not_answer_fails_the_try_within_the_targets_timeout(
+    emulator: MwaaEmulator,
+    af3: FakeAirflow,
+    downstreams: Downstreams,
+    silent_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """AssumeRole runs inside a delivery: botocore's defaults (60 s reads, retried) would outlast the function."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", silent_endpoint)
+    started = time.monotonic()
+
+    with pytest.raises(DeliveryFailed) as caught:
+        downstreams.get(mwaa_target("team-c-prod", mwaa={"role_arn": ROLE}, timeout_s=1)).deliver(an_envelope())
+
+    assert time.monotonic() - started < 4
+    assert caught.value.transient
+    assert "STS AssumeRole" in caught.value.detail
+    assert emulator.calls == []

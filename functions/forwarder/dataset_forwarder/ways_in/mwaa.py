@@ -124,7 +124,7 @@ class MwaaClients:
         self._flight = SingleFlight()
 
     def client(self, region: str | None, role_arn: str | None, timeout_s: float) -> Any:
-        credentials = self._assumed(role_arn) if role_arn else None
+        credentials = self._assumed(role_arn, timeout_s) if role_arn else None
         key = (region, role_arn, timeout_s, credentials and credentials["AccessKeyId"])
         with self._lock:
             client = self._clients.get(key)
@@ -155,21 +155,29 @@ class MwaaClients:
             }
         return self._session().client("mwaa", region_name=region, config=config, **keys)
 
-    def _assumed(self, role_arn: str) -> dict[str, str]:
+    def _assumed(self, role_arn: str, timeout_s: float) -> dict[str, str]:
         now = self._clock()
         with self._lock:
             cached = self._credentials.get(role_arn)
         if cached and cached[1] > now:
             return cached[0]
-        return self._flight.run(role_arn, lambda: self._assume(role_arn))
+        return self._flight.run(role_arn, lambda: self._assume(role_arn, timeout_s))
 
-    def _assume(self, role_arn: str) -> dict[str, str]:
+    def _assume(self, role_arn: str, timeout_s: float) -> dict[str, str]:
+        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
+        # Inside a delivery: bounded like the target's own calls (botocore's default is 60 s reads, retried).
+        config = Config(
+            connect_timeout=min(3.0, timeout_s),
+            read_timeout=timeout_s,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            user_agent_extra="airflow-dataset-forwarder",
+        )
         try:
             answer = (
                 self._session()
-                .client("sts")
+                .client("sts", config=config)
                 .assume_role(
                     RoleArn=role_arn, RoleSessionName="dataset-forwarder", DurationSeconds=ASSUME_ROLE_DURATION_S
                 )
