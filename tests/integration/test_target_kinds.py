@@ -216,3 +216,43 @@ def test_an_mwaa_target_outside_the_allowed_environments_is_broken_and_its_repla
     assert "MWAA_ENVIRONMENTS" in letter.attributes["detail"]
     assert emulator.calls == []  # never attempted
     assert fake.requests == []
+
+
+def test_a_cross_account_mwaa_target_is_reached_as_its_assumed_role_only(
+    mwaa_stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+    moto_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The function assumes the target's role_arn through (moto's) STS; the environment admits only that role."""
+    from dataset_forwarder import runtime
+
+    role = mwaa_stack.target_role_arns
+    fake = airflow("3", datasets=[BEARS])
+    fake.add_dag("consumer")
+    with MwaaEmulator(keys={}, moto_endpoint=moto_endpoint) as emulator:
+        emulator.add_key("testing", "testing", "arn:aws:iam::123456789012:role/dataset-forwarder-function")
+        emulator.add_environment(ENVIRONMENT, fake.url, airflow="3", account="210987654321", allow=[role])
+        monkeypatch.setenv("AWS_ENDPOINT_URL_MWAA", emulator.endpoint)
+        runtime.reset()
+        with_role = {"environment": ENVIRONMENT, "role_arn": role}
+        mwaa_stack.put_target(
+            "team-c", {"mwaa": with_role, "action": "trigger_dag", "dag_id": "consumer", "datasets": [BEARS]}
+        )
+        mwaa_stack.put_target("own-identity", {"mwaa": {"environment": ENVIRONMENT}, "datasets": [BEARS]})
+        sent = envelope(BEARS)
+        mwaa_stack.send(sent)
+
+        lambda_driver.drain()
+
+        [run] = fake.dag_runs
+        assert run.run_id == f"dataset_forwarder__{sent['id']}"
+        [letter] = mwaa_stack.dead_letters(expected=1)
+        assert (letter.attributes["target"], letter.attributes["error"]) == ("own-identity", "auth")
+        callers = {(call.caller, call.error) for call in emulator.calls}
+        assert callers == {
+            ("arn:aws:sts::210987654321:assumed-role/dataset-forwarder-invoke/dataset-forwarder", None),
+            ("arn:aws:iam::123456789012:role/dataset-forwarder-function", "AccessDeniedException"),
+        }
+        assert fake.events == []
