@@ -189,22 +189,24 @@ def test_airflow_auto_asks_get_version_once_on_either_major(
     assert len(fake.events) == 1
 
 
-def test_airflow3_asset_event_resolves_the_asset_id_once(
+def test_airflow3_asset_event_resolves_the_exact_asset_id_once(
     af3: FakeAirflow, emulator: MwaaEmulator, downstreams: Downstreams
 ) -> None:
-    decoy = af3.add_dataset(BEARS + "-2")
+    fish = "s3://bucket/fish"
+    decoys = [af3.add_dataset("S3://BUCKET/FISH"), af3.add_dataset(fish + "-2")]  # listed before it by uri_pattern
+    exact = af3.add_dataset(fish)
     downstream = downstreams.get(mwaa_target("team-c-prod"))
-    sent = an_envelope()
+    sent = an_envelope(fish)
 
     first = downstream.deliver(sent)
-    downstream.deliver(an_envelope())
+    downstream.deliver(an_envelope(fish))
 
     assert (first.status, first.api) == (200, "v2")
-    assert [event.asset_id for event in af3.events] == [1, 1]
-    assert decoy != 1
+    assert exact not in decoys
+    assert [event.asset_id for event in af3.events] == [exact, exact]
     lookups = [c for c in emulator.calls_to("team-c-prod") if c.path == "/assets"]
     assert len(lookups) == 1
-    assert lookups[0].query["uri_pattern"] == BEARS
+    assert lookups[0].query["uri_pattern"] == fish
     assert af3.events[0].extra["dataset_forwarder"]["id"] == sent.id
     assert (af3.events[0].authorization or "").startswith("Bearer ")  # the environment's own Airflow login
 
