@@ -148,6 +148,8 @@ def test_a_redriven_letter_for_a_run_that_exists_does_not_start_a_second_run(
     box = DeadLetterBox(mwaa_stack.sqs, mwaa_stack.dlq_url)
     [letter] = box.peek()
     assert (letter.target, letter.error) == ("team-b", "auth")
+    # Nothing could look before the refused retry (for this action only the POST tells): the run may exist.
+    assert letter.unconfirmed
     # The operator fixes access, then redrives.
     if way == "mwaa":
         emulator.set_allowed(ENVIRONMENT, ["123456789012"])

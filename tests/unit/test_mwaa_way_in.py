@@ -282,7 +282,10 @@ def test_trigger_dag_through_mwaa_starts_the_run_once_and_a_redelivery_is_alread
         assert run.body["logical_date"] is None
     assert (first.already_there, again.already_there, again.status) == (False, True, 409)
     posts = [c for c in emulator.calls_to(name) if c.method == "POST"]
+    # Airflow 3.3 refuses a partition key for a DAG that is not partitioned: sent once more without it, remembered
+    refused = [("/dags/consumer/dagRuns", 400, "RestApiClientException")] if fake.version == "3" else []
     assert [(c.path, c.rest_api_status, c.error) for c in posts] == [
+        *refused,
         ("/dags/consumer/dagRuns", 200, None),
         ("/dags/consumer/dagRuns", 409, "RestApiClientException"),
     ]

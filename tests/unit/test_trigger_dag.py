@@ -105,7 +105,7 @@ def test_a_dag_id_too_long_for_mwaas_64_character_path_is_refused_at_parse_time(
 
 def test_airflow3_gets_the_run_id_a_null_logical_date_and_the_conf_of_design_9_3(downstreams: Downstreams) -> None:
     with FakeAirflow("3") as fake:
-        fake.add_dag("consumer")
+        fake.add_dag("consumer", partitioned=True)
         sent = an_envelope(partition_key="2026-12-06", trail=["team-a-prod", "team-x"])
 
         posted = downstreams.get(trigger_target(fake.url)).deliver(sent)
@@ -124,6 +124,7 @@ def test_airflow3_gets_the_run_id_a_null_logical_date_and_the_conf_of_design_9_3
                     "trail": ["team-a-prod", "team-x"],
                 }
             },
+            "partition_key": "2026-12-06",  # Airflow 3.2+ and a partitioned DAG: the run's own partition key
         }
         assert (run.dag_id, run.run_id, run.logical_date) == ("consumer", f"dataset_forwarder__{sent.id}", None)
         assert (posted.status, posted.api, posted.already_there) == (200, "v2", False)
@@ -228,7 +229,7 @@ def test_a_trigger_whose_answer_was_lost_is_found_by_its_409_on_the_retry(downst
         fake.wait_for_dag_runs(1, timeout_s=5)  # the slow POST still created the run
 
         # The forwarder's retry asks first (nothing to look up for this action), then posts and learns of the 409.
-        assert downstream.already_received(sent, deadline=float("inf")) is False
+        assert downstream.already_received(sent, deadline=float("inf")) is None  # None: only the POST can tell
         retried = downstream.deliver(sent)
 
         assert retried.already_there
@@ -238,7 +239,7 @@ def test_a_trigger_whose_answer_was_lost_is_found_by_its_409_on_the_retry(downst
 def test_the_did_it_land_check_asks_the_target_nothing(fake: FakeAirflow, downstreams: Downstreams) -> None:
     downstream = downstreams.get(trigger_target(fake.url, airflow=fake.version))
 
-    assert downstream.already_received(an_envelope(), deadline=float("inf")) is False
+    assert downstream.already_received(an_envelope(), deadline=float("inf")) is None  # the POST's 409 tells
     assert fake.requests == []
 
 
@@ -276,3 +277,32 @@ def test_access_proves_the_credentials_with_one_read(fake: FakeAirflow, downstre
 
     assert access.airflow_major == fake.version
     assert access.identity == "no credentials"
+
+
+def test_a_dag_that_is_not_partitioned_gets_the_key_in_its_conf_only_after_one_refusal(
+    downstreams: Downstreams,
+) -> None:
+    with FakeAirflow("3") as fake:
+        fake.add_dag("consumer")
+        downstream = downstreams.get(trigger_target(fake.url))
+
+        downstream.deliver(an_envelope(partition_key="2026-12-06"))
+        downstream.deliver(an_envelope(partition_key="2026-12-07"))
+
+        assert [run.conf["dataset_forwarder"]["partition_key"] for run in fake.dag_runs] == ["2026-12-06", "2026-12-07"]
+        assert all("partition_key" not in run.body for run in fake.dag_runs)
+        assert fake.count("POST", "/api/v2/dags/consumer/dagRuns") == 3  # 400 once, then never offered again
+
+
+def test_an_airflow2_409_for_another_run_at_the_same_instant_is_not_taken_for_ours(downstreams: Downstreams) -> None:
+    with FakeAirflow("2") as fake:
+        fake.add_dag("consumer")
+        detail = "DAGRun with DAG ID: 'consumer' and DAGRun logical date: '2026-12-06 00:00:00+00:00' already exists"
+        fake.inject(Fault(status=409, method="POST", body=json.dumps({"detail": detail, "status": 409})))
+
+        with pytest.raises(DeliveryFailed) as caught:
+            downstreams.get(trigger_target(fake.url, airflow="2")).deliver(an_envelope())
+
+        assert caught.value.error == "http_409"
+        assert caught.value.transient  # the next try gets another logical date
+        assert fake.dag_runs == []
