@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 VERSION = 1
 KIND_ASSET_EVENT = "asset_event"
 KIND_DAG_RUN = "dag_run"
-RUN_STATES = ("success", "failed")
 LINEAGE_KEY = "dataset_forwarder"
 """The reserved extra key the forwarder adds downstream: {"id", "source", "trail"}."""
 
