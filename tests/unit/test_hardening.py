@@ -144,3 +144,14 @@ def test_a_dead_letter_s_target_attribute_holds_only_characters_sqs_accepts() ->
 
     for value in letter.message_attributes().values():
         assert sqs_refused_characters(value["StringValue"]) == []
+
+
+# -- point 7: the record's own retry waits at least the hold ------------------------------------------------
+
+
+def test_a_retry_waits_at_least_a_fractional_hold() -> None:
+    from dataset_forwarder.outcomes import retry_delay_s
+
+    assert retry_delay_s(1, 2.5, base_s=0, cap_s=900) >= 2.5  # SQS takes whole seconds: rounded up, not to even
+    assert retry_delay_s(1, 0.2, base_s=0, cap_s=900) == 1
+    assert retry_delay_s(1, 7.5, base_s=0, cap_s=5) == 5  # the cap still wins
