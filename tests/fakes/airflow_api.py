@@ -229,6 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length))
             for name, value in headers.items():
                 self.send_header(name, value)
+            self.send_header("Connection", "close")  # the client may stop reading: never reuse this connection
             self.end_headers()
             self.wfile.flush()
             if fault.body_bytes:

@@ -83,11 +83,13 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
 
     lambda_driver.drain()
 
-    [letter] = stack.dead_letters(expected=1)
-    assert letter.attributes["error"] == "invalid_target"
-    seen = "\n".join([forwarder_logs.text, capsys.readouterr().out, json.dumps(letter.attributes), letter.body])
-    assert "auth.secret" in seen  # the reason is told...
-    assert pasted not in seen  # ...without the value
+    letters = stack.dead_letters(expected=1)
+    seen = "\n".join(
+        [forwarder_logs.text, capsys.readouterr().out, *(json.dumps(d.attributes) + d.body for d in letters)]
+    )
+    assert pasted not in seen
+    assert [d.attributes["error"] for d in letters] == ["invalid_target"]
+    assert "'auth.secret' must be the parameter" in letters[0].attributes["detail"]  # the reason, not the value
     assert fake.requests == []
 
 
