@@ -56,16 +56,16 @@ class Fault:
     reset: bool = False  # abort the TCP connection with RST (SO_LINGER 0) without responding
     method: str | None = None  # only match requests with this method (e.g. "POST"); None = any
     path_prefix: str | None = None  # only match requests whose path (with query) starts with this
-    # Hostile answers (additive): `body` replaces the answer's body (with `status`, or after normal handling: the
+    # Hostile answers (additive): `raw_body` replaces the answer's body (with `status`, or after normal handling: the
     # request then takes effect, e.g. a POST lands, and only its answer is hostile); `headers` are added to it.
-    body: bytes | None = None
+    raw_body: bytes | None = None
     headers: tuple[tuple[str, str], ...] = ()
     trickle_s: float = 0.0  # write the body one byte every `trickle_s` seconds
     body_bytes: int = 0  # a body of this many bytes, streamed from one small block (never held in memory)
 
     @property
     def shapes_answer(self) -> bool:
-        return self.body is not None or bool(self.headers) or self.trickle_s > 0 or self.body_bytes > 0
+        return self.raw_body is not None or bool(self.headers) or self.trickle_s > 0 or self.body_bytes > 0
 
     def matches(self, method: str, target: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -218,7 +218,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_hostile(self, response: _Response, fault: Fault) -> None:
         """Answer as `fault` shapes it: another body or headers, a trickle, or a huge body streamed."""
-        body = fault.body if fault.body is not None else response.body
+        body = fault.raw_body if fault.raw_body is not None else response.body
         length = fault.body_bytes or len(body)
         headers = {**response.headers, **dict(fault.headers)}
         if fault.retry_after is not None:

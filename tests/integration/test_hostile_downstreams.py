@@ -64,7 +64,7 @@ def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
     token = "straddle-SECRET-1a2b3c4d5e6f"
     fake = bearer_target(stack, airflow, token)
     # the excerpt keeps 300 characters: the token starts 10 characters before the cut
-    fake.inject(Fault(status=400, method="POST", body=b"x" * 290 + token.encode() + b" and more"))
+    fake.inject(Fault(status=400, method="POST", raw_body=b"x" * 290 + token.encode() + b" and more"))
     stack.send(envelope(BEARS))
 
     lambda_driver.drain()
@@ -116,7 +116,7 @@ def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
     }
     assert all(token not in form for form in forms.values())  # each is a form the raw value does not match
     echo = json.dumps({"detail": f"cannot use {token}", "seen": [forms["url"], forms["url-lower"], forms["form"]]})
-    fake.inject(Fault(status=400, method="POST", body=echo.encode()))
+    fake.inject(Fault(status=400, method="POST", raw_body=echo.encode()))
     stack.send(envelope(BEARS))
 
     lambda_driver.drain()
@@ -151,7 +151,7 @@ def test_an_auth_token_answer_is_never_excerpted(
     )
     # /auth/token echoes what it was sent, in a shape no redaction can know (reversed)
     echo = json.dumps({"detail": f"ECHO-MARKER-271 you sent {password[::-1]}"}).encode()
-    fake.inject(Fault(status=400, method="POST", path_prefix="/auth/token", body=echo), times=2)
+    fake.inject(Fault(status=400, method="POST", path_prefix="/auth/token", raw_body=echo), times=2)
     stack.send(envelope(BEARS))
 
     lambda_driver.drain()
@@ -175,7 +175,7 @@ def test_every_dead_letter_holds_only_characters_sqs_accepts(
     fake.add_dataset(BEARS)
     stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
     hostile = b"refused \x00\x01\x07\x1b\x7f " + "\ufffe\uffff".encode() + b" end"
-    fake.inject(Fault(status=400, method="POST", body=hostile))
+    fake.inject(Fault(status=400, method="POST", raw_body=hostile))
     event = envelope(BEARS, extra={"odd": "ends with \uffff", "fine": "bär \U0001f43b"})
     stack.send(event)  # json.dumps escapes U+FFFF: the queued message itself is plain ASCII
 
@@ -256,7 +256,7 @@ def test_a_2xx_answer_nested_too_deep_still_records_the_delivery(
     fake = airflow("3")
     fake.add_dataset(BEARS)
     stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
-    fake.inject(Fault(method="POST", path_prefix=EVENTS, body=b"[" * 100_000))  # handled, then a hostile answer
+    fake.inject(Fault(method="POST", path_prefix=EVENTS, raw_body=b"[" * 100_000))  # handled, then a hostile answer
     event = envelope(BEARS)
     stack.send(event)
 
@@ -282,7 +282,7 @@ def test_a_trickling_answer_ends_at_the_target_timeout(
     fake.add_dataset(BEARS)
     stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 2})
     # one byte every 0.5 s: each read is quick, the whole answer would take 18 s
-    fake.inject(Fault(method="GET", path_prefix="/api/v2/assets?", body=b" " * 36, trickle_s=0.5))
+    fake.inject(Fault(method="GET", path_prefix="/api/v2/assets?", raw_body=b" " * 36, trickle_s=0.5))
     message_id = stack.send(envelope(BEARS))
 
     started = time.monotonic()
@@ -301,7 +301,7 @@ def test_a_huge_answer_is_cut_and_does_not_stall_the_delivery(
     fake = airflow("3")
     fake.add_dataset(BEARS)
     stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 5})
-    fake.inject(Fault(status=400, method="POST", body=b"no ", body_bytes=300 * 1024 * 1024))
+    fake.inject(Fault(status=400, method="POST", raw_body=b"no ", body_bytes=300 * 1024 * 1024))
     stack.send(envelope(BEARS))
 
     started = time.monotonic()

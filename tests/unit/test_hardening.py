@@ -40,7 +40,7 @@ def transport() -> Iterator[Transport]:
 
 
 def test_a_trickling_answer_ends_at_the_total_timeout_not_per_read(fake: FakeAirflow, transport: Transport) -> None:
-    fake.inject(Fault(method="GET", body=b" " * 36, trickle_s=0.5))  # 18 s for the whole body, 0.5 s per byte
+    fake.inject(Fault(method="GET", raw_body=b" " * 36, trickle_s=0.5))  # 18 s for the whole body, 0.5 s per byte
 
     started = time.monotonic()
     with pytest.raises(TransportError) as raised:
@@ -54,7 +54,7 @@ def test_a_trickling_answer_ends_at_the_total_timeout_not_per_read(fake: FakeAir
 
 def test_a_huge_answer_is_cut_at_max_body_bytes_and_never_held_whole(fake: FakeAirflow, transport: Transport) -> None:
     huge = 300 * 1024 * 1024  # streamed by the fake from one small block, cut by the client
-    fake.inject(Fault(method="GET", status=200, body=b'{"a":', body_bytes=huge))
+    fake.inject(Fault(method="GET", status=200, raw_body=b'{"a":', body_bytes=huge))
     peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     started = time.monotonic()
