@@ -14,6 +14,14 @@ listener manager, with the listener the `airflow.plugins` entry point registered
   `DatasetEvent` row was flushed in that session (SQLite DB made by `airflow db migrate`), as in a task's last step.
 - naive: `requests.post(downstream, json=...)` in the hook, no timeout (the recipe Astronomer withdrew).
 
+- batching (issue 17): the Airflow 3 hook with the background sender's natural batching (send at once when no send
+  is in flight; what arrives meanwhile goes in the next SendMessageBatch) against the earlier pause strategy (wait
+  for a 50 ms pause in submits, at most 1 s), each in its own worker process, alternating, in the same run. Lone
+  events: one at a time with gaps, time from the hook call to SQS's answer. Burst: 200 hook calls back to back,
+  the hook's cost, the time until all are accepted, and the SendMessage/SendMessageBatch calls. Workers import the
+  listener from this tree's listener/src (PYTHONPATH), whatever the venv has installed.
+  `--batching-only [--airflow3-venv DIR]` runs just this part and updates the `batching` key of the results file.
+
 Workers print one JSON object; the orchestrator writes them all to the results file.
 """
 
@@ -56,13 +64,15 @@ _BOTO_CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}  
 SIZES = {
     "full": {
         "af3_ok": 500, "af3_down": 200, "af2_ok": 200, "af2_refused": 10, "af2_hanging": 4,
-        "naive_ok": 30, "hang_budget_s": 5.0,
+        "naive_ok": 30, "hang_budget_s": 5.0, "lone": 100, "burst": 200, "batching_rounds": 3,
     },
     "quick": {
         "af3_ok": 60, "af3_down": 30, "af2_ok": 20, "af2_refused": 3, "af2_hanging": 2,
-        "naive_ok": 5, "hang_budget_s": 1.0,
+        "naive_ok": 5, "hang_budget_s": 1.0, "lone": 20, "burst": 50, "batching_rounds": 1,
     },
 }  # fmt: skip
+LONE_GAP_S = 0.2  # between lone events: longer than the pause strategy's 50 ms, so each is alone
+STRATEGIES = ("natural", "pause")
 
 
 # =================================================================================================== shared
@@ -81,6 +91,7 @@ def summary(seconds: list[float]) -> dict[str, Any]:
         "n": len(ordered),
         "p50_ms": round(rank(0.50) * 1000, 3),
         "p90_ms": round(rank(0.90) * 1000, 3),
+        "p95_ms": round(rank(0.95) * 1000, 3),
         "p99_ms": round(rank(0.99) * 1000, 3),
         "max_ms": round(ordered[-1] * 1000, 3),
         "mean_ms": round(statistics.fmean(ordered) * 1000, 3),
@@ -105,14 +116,11 @@ def _registered_listener(manager: Any) -> Any:
     return found[0]
 
 
-def worker_airflow3(args: argparse.Namespace) -> dict[str, Any]:
-    from airflow.listeners.listener import get_listener_manager
+def _asset_events() -> Callable[[int], Any]:
+    """Airflow 3 `AssetEvent`s as the api-server hands them to `on_asset_event_emitted`."""
     from airflow.listeners.types import AssetEvent
     from airflow.serialization.definitions.assets import SerializedAsset
 
-    _hook_env_ready()
-    manager = get_listener_manager()
-    listener = _registered_listener(manager)
     asset = SerializedAsset(name=BEARS, uri=BEARS, group="asset", extra={}, watchers=[])
 
     def event(i: int) -> Any:
@@ -120,6 +128,17 @@ def worker_airflow3(args: argparse.Namespace) -> dict[str, Any]:
             asset=asset, extra={"rows": i}, source_dag_id="producer", source_task_id="get_bear",
             source_run_id=f"bench__{i}", source_map_index=-1, source_aliases=[], partition_key=None,
         )  # fmt: skip
+
+    return event
+
+
+def worker_airflow3(args: argparse.Namespace) -> dict[str, Any]:
+    from airflow.listeners.listener import get_listener_manager
+
+    _hook_env_ready()
+    manager = get_listener_manager()
+    listener = _registered_listener(manager)
+    event = _asset_events()
 
     timings = []
     for i in range(args.n):
@@ -144,6 +163,122 @@ def worker_airflow3(args: argparse.Namespace) -> dict[str, Any]:
     if args.naive_url:
         result["naive"] = _naive(args, event)
     return result
+
+
+class _Watch:
+    """Instruments one background sender: which spool file each hook call wrote, when SQS accepted each file (the
+    sender deletes it right after SQS's answer), and the SendMessage / SendMessageBatch calls it made."""
+
+    def __init__(self, background: Any) -> None:
+        import threading
+
+        self.written: list[str] = []
+        self.accepted: dict[str, float] = {}
+        self.calls = {"SendMessage": 0, "SendMessageBatch": 0}
+        self.changed = threading.Condition()
+        spool, transport = background.sender.spool, background.sender.transport
+        write, remove = spool.write, spool.remove
+        send_one, send_batch = transport._send_one, transport._send_batch_now
+
+        def write_and_note(envelope: Any, **kwargs: Any) -> Any:
+            path = write(envelope, **kwargs)
+            self.written.append(path.name if path is not None else "")
+            return path
+
+        def remove_and_note(path: Path) -> None:
+            remove(path)
+            with self.changed:
+                self.accepted[path.name] = time.perf_counter()
+                self.changed.notify_all()
+
+        def count(kind: str, call: Callable[..., Any]) -> Callable[..., Any]:
+            def counted(*args: Any) -> Any:
+                self.calls[kind] += 1
+                return call(*args)
+
+            return counted
+
+        spool.write, spool.remove = write_and_note, remove_and_note
+        transport._send_one = count("SendMessage", send_one)
+        transport._send_batch_now = count("SendMessageBatch", send_batch)
+
+    def wait_accepted(self, names: list[str], timeout_s: float = 60.0) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: all(name in self.accepted for name in names), timeout_s)
+
+    def take_calls(self) -> dict[str, int]:
+        calls, self.calls = self.calls, {"SendMessage": 0, "SendMessageBatch": 0}
+        return calls
+
+
+def worker_batching(args: argparse.Namespace) -> dict[str, Any]:
+    """Lone events, then a burst, through the Airflow 3 hook with the background sender set to `args.batching`."""
+    import dataset_forwarder_listener
+    from airflow.listeners.listener import get_listener_manager
+
+    _hook_env_ready()
+    manager = get_listener_manager()
+    listener = _registered_listener(manager)
+    background = listener.sender
+    background.batching = args.batching  # what the plugin built, with the strategy under test
+    watch = _Watch(background)
+    event = _asset_events()
+    hook = manager.hook.on_asset_event_emitted
+
+    def emit(i: int) -> float:
+        asset_event = event(i)
+        started = time.perf_counter()
+        hook(asset_event=asset_event)
+        return started
+
+    # Warm-up: the sender thread starts and builds its SQS client (boto3 is slow to load).
+    emit(0)
+    if not watch.wait_accepted(watch.written[-1:]):
+        raise SystemExit("the warm-up event was not sent")
+    watch.take_calls()
+
+    lone, lone_hook = [], []
+    for i in range(1, args.lone + 1):
+        started = emit(i)
+        lone_hook.append(time.perf_counter() - started)
+        name = watch.written[-1]
+        if not watch.wait_accepted([name]):
+            raise SystemExit(f"lone event {i} was not sent")
+        lone.append(watch.accepted[name] - started)
+        time.sleep(LONE_GAP_S)
+    lone_calls = watch.take_calls()
+
+    first = len(watch.written)
+    timings = []
+    burst_started = time.perf_counter()
+    for i in range(args.burst):
+        started = emit(args.lone + 1 + i)
+        timings.append(time.perf_counter() - started)
+    submitted_s = time.perf_counter() - burst_started
+    names = watch.written[first:]
+    if not watch.wait_accepted(names):
+        raise SystemExit("the burst was not all sent")
+    accepted = [watch.accepted[name] for name in names]
+    burst_calls = watch.take_calls()
+    background.close()
+    return {
+        "batching": args.batching,
+        "listener_source": str(Path(dataset_forwarder_listener.__file__).parent),
+        "lone": {
+            "gap_s": LONE_GAP_S,
+            "submit_to_accepted": summary(lone),
+            "hook": summary(lone_hook),
+            "calls": lone_calls,
+        },
+        "burst": {
+            "hook": summary(timings),
+            "all_submitted_s": round(submitted_s, 4),
+            "all_accepted_s": round(max(accepted) - burst_started, 4),
+            "submit_to_accepted": summary([done - burst_started for done in accepted]),
+            "calls": burst_calls,
+        },
+        "spooled_after": _spooled(Path(os.environ["DATASET_FORWARDER_SPOOL_DIR"])),
+    }
 
 
 def _spooled(spool: Path) -> int:
@@ -349,12 +484,23 @@ def _hanging() -> Iterator[str]:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _venvs() -> dict[str, Path]:
+def _venvs(versions: tuple[str, ...] = (AIRFLOW3, AIRFLOW2)) -> dict[str, Path]:
     sys.path.insert(0, str(REPO_ROOT))
     from tests.e2e.airflow_env import ensure_airflow_venv
     from tests.e2e.conftest import listener_extras
 
-    return {version: ensure_airflow_venv(version, listener_extras()) for version in (AIRFLOW3, AIRFLOW2)}
+    return {version: ensure_airflow_venv(version, listener_extras()) for version in versions}
+
+
+def _hold_venv(venv: Path) -> Any:
+    """A shared lock on a cached venv given by path, as tests/e2e/airflow_env holds one: pruning leaves it alone."""
+    import fcntl
+
+    locks = venv.parent / ".locks"
+    locks.mkdir(exist_ok=True)
+    lock = (locks / f"{venv.name}.lock").open("ab")
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    return lock
 
 
 def _clean_env() -> dict[str, str]:
@@ -473,6 +619,50 @@ def _bench_airflow2(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
     return af2
 
 
+def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, Any]:
+    """Natural batching against the pause strategy: alternating worker processes, same lab, same run."""
+    runs: dict[str, list[dict[str, Any]]] = {strategy: [] for strategy in STRATEGIES}
+    for round_ in range(size["batching_rounds"]):
+        for strategy in STRATEGIES:
+            label = f"batching-{strategy}-{round_}"
+            env = lab.env(AIRFLOW3, label, lab.endpoints["ok"], PYTHONPATH=str(REPO_ROOT / "listener" / "src"))
+            extra = ["--batching", strategy, "--lone", str(size["lone"]), "--burst", str(size["burst"])]
+            print(f"airflow {AIRFLOW3}: {label}", file=sys.stderr, flush=True)
+            out = _run_worker(venv, "batching", env, *extra)
+            out["on_queue"] = lab.queued(env)
+            runs[strategy].append(out)
+    return {
+        "what": "Airflow 3 hook, background sender: natural batching vs. waiting for a 50 ms pause (at most 1 s)",
+        "lone_events": size["lone"],
+        "burst_events": size["burst"],
+        "rounds": size["batching_rounds"],
+        **runs,
+    }
+
+
+def _batching_only(args: argparse.Namespace) -> dict[str, Any]:
+    """Run only the batching comparison; the other sections of the results file are kept as they are."""
+    size = SIZES["quick" if args.quick else "full"]
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    with contextlib.ExitStack() as stack:
+        if args.airflow3_venv:
+            venv = args.airflow3_venv.resolve()
+            stack.callback(_hold_venv(venv).close)
+        else:
+            venv = _venvs((AIRFLOW3,))[AIRFLOW3]
+        lab = _Lab(stack, args.sqs_delay_ms / 1000)
+        batching = _bench_batching(lab, venv, size)
+    batching["generated_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    batching["machine"] = {
+        "cpus": os.cpu_count(),
+        "load_avg_at_start": load_at_start,
+        "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    batching["sqs_delay_ms"] = args.sqs_delay_ms
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "listener_cost"}
+    return {**previous, "batching": batching}
+
+
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     size = SIZES["quick" if args.quick else "full"]
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -481,7 +671,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         lab = _Lab(stack, args.sqs_delay_ms / 1000)
         airflow3, naive = _bench_airflow3(lab, venvs[AIRFLOW3], size)
         airflow2 = _bench_airflow2(lab, venvs[AIRFLOW2], size)
-    results = {"naive": naive, "airflow3": airflow3, "airflow2": airflow2}
+        batching = _bench_batching(lab, venvs[AIRFLOW3], size)
+    results = {"naive": naive, "airflow3": airflow3, "airflow2": airflow2, "batching": batching}
 
     return {
         "benchmark": "listener_cost",
@@ -534,6 +725,27 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _batching_table(batching: dict[str, Any]) -> str:
+    """Lone and burst cases, one row per strategy and round."""
+
+    lines = [
+        f"| batching | lone ({batching['lone_events']}): hook to accepted p50 / p95 ms | lone: calls | burst of "
+        f"{batching['burst_events']}: hook p50 / p99 ms | burst: all accepted s | burst: batch + single calls |",
+        "|---|---|---|---|---|---|",
+    ]
+    for strategy in STRATEGIES:
+        for run in batching[strategy]:
+            lone, burst = run["lone"], run["burst"]
+            latency = lone["submit_to_accepted"]
+            lines.append(
+                f"| {strategy} | {latency['p50_ms']:.1f} / {latency['p95_ms']:.1f}"
+                f" | {lone['calls']['SendMessage']} + {lone['calls']['SendMessageBatch']} batch"
+                f" | {burst['hook']['p50_ms']:.2f} / {burst['hook']['p99_ms']:.2f} | {burst['all_accepted_s']:.3f}"
+                f" | {burst['calls']['SendMessageBatch']} + {burst['calls']['SendMessage']} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few iterations, for a smoke run (~1-2 min)")
@@ -541,7 +753,12 @@ def main() -> None:
         "--out", type=Path, help=f"results file (default: {DEFAULT_OUT.relative_to(REPO_ROOT)}; --quick: a temp file)"
     )
     parser.add_argument("--sqs-delay-ms", type=float, default=10.0)
-    parser.add_argument("--worker", choices=["airflow3", "airflow2"], help=argparse.SUPPRESS)
+    parser.add_argument("--batching-only", action="store_true", help="only the batching comparison (issue 17)")
+    parser.add_argument("--airflow3-venv", type=Path, help="with --batching-only: a cached Airflow 3 venv to use")
+    parser.add_argument("--worker", choices=["airflow3", "airflow2", "batching"], help=argparse.SUPPRESS)
+    parser.add_argument("--batching", choices=STRATEGIES, default="natural", help=argparse.SUPPRESS)
+    parser.add_argument("--lone", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--burst", type=int, default=200, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, default=100, help=argparse.SUPPRESS)
     parser.add_argument("--label", default="bench", help=argparse.SUPPRESS)
     parser.add_argument("--rtt-queue", help=argparse.SUPPRESS)
@@ -553,7 +770,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        result = (worker_airflow3 if args.worker == "airflow3" else worker_airflow2)(args)
+        workers = {"airflow3": worker_airflow3, "airflow2": worker_airflow2, "batching": worker_batching}
+        result = workers[args.worker](args)
         sys.stdout.flush()
         print(json.dumps(result), flush=True)
         os._exit(0)  # like a task process: no waiting for threads still blocked on a hanging endpoint
@@ -561,12 +779,20 @@ def main() -> None:
     if args.out is None:  # a smoke run never overwrites the recorded results
         args.out = Path(tempfile.gettempdir()) / "listener_cost.quick.json" if args.quick else DEFAULT_OUT
     started = time.monotonic()
-    result = orchestrate(args)
-    result["wall_s"] = round(time.monotonic() - started, 1)
+    if args.batching_only:
+        result = _batching_only(args)
+        result["batching"]["wall_s"] = round(time.monotonic() - started, 1)
+    else:
+        result = orchestrate(args)
+        result["wall_s"] = round(time.monotonic() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(_table(result))
-    print(f"\nwritten to {args.out} in {result['wall_s']} s", file=sys.stderr)
+    if not args.batching_only:
+        print(_table(result))
+        print()
+    print(_batching_table(result["batching"]))
+    wall_s = result["batching"]["wall_s"] if args.batching_only else result["wall_s"]
+    print(f"\nwritten to {args.out} in {wall_s} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

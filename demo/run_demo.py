@@ -256,7 +256,9 @@ def set_up(demo: Demo) -> World:
             *("--token-env", SECRET_VARIABLE, "--allow-http"),
         ]
         stack.cli(*command, env={SECRET_VARIABLE: downstream.user.password})
-        checked = json.loads(stack.cli("targets", "test", DOWNSTREAM, "--dataset", BEARS, "--json").stdout)
+        checked = json.loads(
+            stack.cli("targets", "test", DOWNSTREAM, "--dataset", BEARS, "--allow-http", "--json").stdout
+        )
         done(f"dataset-forwarder {' '.join(command).replace(LAKE, repr(LAKE))}")
         demo.detail(f"targets test {DOWNSTREAM}: {_checks(checked)}")
     return world

@@ -7,49 +7,78 @@ loses nothing (a duplicate is harmless: delivery is idempotent per event and tar
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
+from dataset_forwarder.dead_letters import DeadLetter
+
 HOLD_S = 300  # a scan of a long DLQ must end before its first holds run out; `peek` releases them at once
+SAMPLE_HOLD_S = 30  # a bounded sample is read in seconds; released at once anyway
 MAX_ROUNDS_WITHOUT_NEW = 20  # holds shorter than a scan of the queue: stop rather than cycle
 BATCH = 10
 
 
 class RedriveIncomplete(Exception):
-    """The events queue refused some messages; they stay in the DLQ (visible again after the hold)."""
+    """Some selected letters did not move: refused by the events queue (they stay in the DLQ only), or sent but not
+    deleted from the DLQ (they are in both queues now: a later redrive would send them again)."""
 
-    def __init__(self, moved: list[DeadLetterRecord], refused: list[str]) -> None:
-        super().__init__(
-            f"{len(refused)} message(s) were refused by the events queue and stay in the DLQ "
-            f"({len(moved)} moved): {'; '.join(sorted(set(refused)))[:500]}"
-        )
+    def __init__(
+        self, moved: list[DeadLetterRecord], refused: list[str], not_deleted: list[tuple[DeadLetterRecord, str]]
+    ) -> None:
+        problems = []
+        if refused:
+            problems.append(
+                f"{len(refused)} message(s) were refused by the events queue and stay in the DLQ: "
+                f"{'; '.join(sorted(set(refused)))[:500]}"
+            )
+        if not_deleted:
+            problems.append(
+                f"{len(not_deleted)} message(s) were sent to the events queue but NOT deleted from the DLQ "
+                f"({'; '.join(sorted({reason for _, reason in not_deleted}))[:500]}): they are in both queues now, "
+                "and a later redrive sends them again"
+            )
+        super().__init__(f"{len(moved)} moved; " + "; ".join(problems))
         self.moved = moved
         self.refused = refused
+        self.not_deleted = not_deleted
 
 
 @dataclass(frozen=True)
 class DeadLetterRecord:
+    """A dead letter as received from the DLQ: the forwarder's `DeadLetter` plus the SQS message's handles."""
+
     message_id: str
     receipt_handle: str
     body: str
     attributes: dict[str, str]
     sent_at_ms: int
 
+    @cached_property
+    def letter(self) -> DeadLetter:
+        return DeadLetter.from_message(self.body, self.attributes)
+
     @property
     def target(self) -> str:
-        return self.attributes.get("target", "?")
+        return self.letter.target
 
     @property
     def error(self) -> str:
-        return self.attributes.get("error", "?")
+        return self.letter.error
 
     @property
+    def unconfirmed(self) -> bool:
+        """The target may already hold this event (its last try lost its answer): a redrive checks first."""
+        return self.letter.unconfirmed
+
+    @cached_property
     def envelope(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -64,20 +93,26 @@ class DeadLetterRecord:
         return str(envelope.get("id", "-"))
 
     def as_dict(self) -> dict[str, Any]:
+        letter = self.letter
         return {
             "message_id": self.message_id,
-            "target": self.target,
-            "error": self.error,
-            "detail": self.attributes.get("detail", ""),
-            "attempts": self.attributes.get("attempts", ""),
-            "failed_at": self.attributes.get("failed_at", ""),
+            "target": letter.target,
+            "error": letter.error,
+            "detail": letter.detail,
+            "attempts": str(letter.attempts) if letter.attempts else self.attributes.get("attempts", ""),
+            "failed_at": letter.failed_at,
+            "unconfirmed": letter.unconfirmed,
             "uri": self.uri,
             "event_id": self.event_id,
             "body": self.envelope if self.envelope is not None else self.body,
         }
 
-    def matches(self, target: str | None, error: str | None) -> bool:
-        return (target is None or self.target == target) and (error is None or self.error == error)
+    def matches(self, target: str | None, error: str | None, *, unconfirmed_only: bool = False) -> bool:
+        return (
+            (target is None or self.target == target)
+            and (error is None or self.error == error)
+            and (self.unconfirmed or not unconfirmed_only)
+        )
 
 
 class DeadLetterBox:
@@ -139,13 +174,25 @@ class DeadLetterBox:
             )
 
     def peek(
-        self, *, target: str | None = None, error: str | None = None, limit: int | None = None
+        self,
+        *,
+        target: str | None = None,
+        error: str | None = None,
+        limit: int | None = None,
+        unconfirmed_only: bool = False,
     ) -> list[DeadLetterRecord]:
         """The matching dead letters, oldest first; the queue is left as it was."""
         held = list(self.scan())
         self.release(held)
-        selected = sorted((r for r in held if r.matches(target, error)), key=lambda r: r.sent_at_ms)
+        matching = (r for r in held if r.matches(target, error, unconfirmed_only=unconfirmed_only))
+        selected = sorted(matching, key=lambda r: r.sent_at_ms)
         return selected[:limit] if limit is not None else selected
+
+    def sample(self, limit: int, *, hold_s: int = SAMPLE_HOLD_S) -> list[DeadLetterRecord]:
+        """Up to `limit` dead letters, oldest first, each held for a moment and released: none is consumed."""
+        held = self.scan(hold_s=hold_s, limit=limit)
+        self.release(held)
+        return sorted(held, key=lambda r: r.sent_at_ms)
 
     def redrive(
         self,
@@ -171,6 +218,7 @@ class DeadLetterBox:
             return selected
         moved: list[DeadLetterRecord] = []
         refused: list[str] = []
+        not_deleted: list[tuple[DeadLetterRecord, str]] = []
         for start in range(0, len(selected), BATCH):
             chunk = selected[start : start + BATCH]
             response = self._sqs.send_message_batch(
@@ -182,18 +230,43 @@ class DeadLetterBox:
             )
             sent = [chunk[int(entry["Id"])] for entry in response.get("Successful", [])]
             refused += [f"{entry.get('Code', '?')}: {entry.get('Message', '')}" for entry in response.get("Failed", [])]
-            if sent:  # only what the events queue accepted leaves the DLQ
-                self._sqs.delete_message_batch(
-                    QueueUrl=self._dlq_url,
-                    Entries=[{"Id": str(i), "ReceiptHandle": r.receipt_handle} for i, r in enumerate(sent)],
-                )
-            for record in sent:
+            failed_deletes = self._delete(sent)  # only what the events queue accepted leaves the DLQ
+            for i, record in enumerate(sent):
+                if i in failed_deletes:
+                    not_deleted.append((record, failed_deletes[i]))
+                    continue
                 moved.append(record)
                 if on_moved is not None:
                     on_moved(record)
-        if refused:
-            raise RedriveIncomplete(moved, refused)
+        if not_deleted:
+            self._release_quietly([record for record, _ in not_deleted])  # still in the DLQ: let `dlq list` show it
+        if refused or not_deleted:
+            raise RedriveIncomplete(moved, refused, not_deleted)
         return moved
+
+    def _release_quietly(self, records: list[DeadLetterRecord]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        with contextlib.suppress(BotoCoreError, ClientError):  # the hold runs out by itself; the report matters more
+            self.release(records)
+
+    def _delete(self, records: list[DeadLetterRecord]) -> dict[int, str]:
+        """Delete `records` (at most one batch) from the DLQ; the reason for each index SQS did not delete."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not records:
+            return {}
+        try:
+            response = self._sqs.delete_message_batch(
+                QueueUrl=self._dlq_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r.receipt_handle} for i, r in enumerate(records)],
+            )
+        except ClientError as exc:  # the whole batch: every letter in it is still in the DLQ
+            error = exc.response.get("Error", {})
+            return dict.fromkeys(range(len(records)), f"{error.get('Code', 'error')}: {error.get('Message', '')}")
+        except BotoCoreError as exc:
+            return dict.fromkeys(range(len(records)), f"{type(exc).__name__}: {exc}")
+        return {int(entry["Id"]): f"{entry.get('Code', '?')}" for entry in response.get("Failed", [])}
 
     def purge(self) -> None:
         self._sqs.purge_queue(QueueUrl=self._dlq_url)

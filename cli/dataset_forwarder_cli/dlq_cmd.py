@@ -39,25 +39,39 @@ def dlq() -> None:
 
 @dlq.command("list")
 @with_filters
+@click.option(
+    "--unconfirmed", "unconfirmed_only", is_flag=True, help="Only letters whose target may already hold the event."
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @friendly
-def list_dead_letters(app: AppContext, target: str | None, error: str | None, limit: int | None, as_json: bool) -> None:
+def list_dead_letters(
+    app: AppContext, target: str | None, error: str | None, limit: int | None, unconfirmed_only: bool, as_json: bool
+) -> None:
     """Dead letters, oldest first, with counts by target and error.
+
+    A letter marked unconfirmed lost the answer of its last try: its target may already have the event
+    (a redrive checks the target before posting it again).
 
     \b
     Examples:
       dataset-forwarder dlq list
       dataset-forwarder dlq list --target team-b --error auth --json
+      dataset-forwarder dlq list --unconfirmed
     """
-    records = _box(app).peek(target=target, error=error, limit=limit)
+    records = _box(app).peek(target=target, error=error, limit=limit, unconfirmed_only=unconfirmed_only)
     by_target = Counter(r.target for r in records)
     by_error = Counter(r.error for r in records)
     if as_json:
         emit_json(
             {
                 "dead_letters": [r.as_dict() for r in records],
-                "counts": {"by_target": dict(by_target), "by_error": dict(by_error), "total": len(records)},
+                "counts": {
+                    "by_target": dict(by_target),
+                    "by_error": dict(by_error),
+                    "unconfirmed": sum(r.unconfirmed for r in records),
+                    "total": len(records),
+                },
             }
         )
         return
@@ -67,6 +81,7 @@ def list_dead_letters(app: AppContext, target: str | None, error: str | None, li
             r.target,
             r.error,
             r.attributes.get("attempts", ""),
+            "yes" if r.unconfirmed else "",
             shorten(r.uri, 40),
             r.event_id,
             shorten(r.attributes.get("detail", ""), 60),
@@ -76,7 +91,7 @@ def list_dead_letters(app: AppContext, target: str | None, error: str | None, li
     ]
     table(
         f"{len(records)} dead letter(s)",
-        ["failed at", "target", "error", "attempts", "uri", "event id", "detail", "message id"],
+        ["failed at", "target", "error", "attempts", "unconfirmed", "uri", "event id", "detail", "message id"],
         rows,
     )
     if records:
@@ -133,12 +148,14 @@ def redrive(
             )
         except RedriveIncomplete as exc:
             records, incomplete = exc.moved, exc
+    not_deleted = incomplete.not_deleted if incomplete else []
     if as_json:
         emit_json(
             {
                 "dry_run": dry_run,
                 "moved": [r.as_dict() for r in records] if not dry_run else [],
                 "selected": [r.as_dict() for r in records],
+                "sent_not_deleted": [{**r.as_dict(), "reason": reason} for r, reason in not_deleted],
                 **({"error": str(incomplete)} if incomplete else {}),
             }
         )
@@ -146,7 +163,17 @@ def redrive(
         verb = "would move" if dry_run else "moved"
         for record in records:
             click.echo(f"{verb} {record.message_id}  target={record.target} error={record.error} uri={record.uri}")
+        for record, reason in not_deleted:
+            click.echo(
+                f"SENT BUT STILL IN THE DLQ {record.message_id}  target={record.target} error={record.error} "
+                f"uri={record.uri} ({reason})"
+            )
         click.echo(f"{len(records)} dead letter(s) {verb} to the events queue")
+        if not_deleted:
+            click.echo(
+                f"{len(not_deleted)} dead letter(s) were sent to the events queue but are still in the DLQ: "
+                "a later redrive would send them a second time"
+            )
     if incomplete:
         raise CliError(str(incomplete))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -13,19 +12,20 @@ import click
 from dataset_forwarder.actions import ACTIONS, DEFAULT_ACTION
 from dataset_forwarder.downstream import Downstream
 from dataset_forwarder.outcomes import DeliveryFailed
+from dataset_forwarder.secrets import SecretNotFound, SecretStore
 from dataset_forwarder.targets import InvalidTarget, Target, parse_target
 from dataset_forwarder.ways_in.auth import AUTH_TYPES
 
 from .context import AppContext
 from .errors import CliError, friendly
 from .render import emit_json, shorten, table
-from .target_store import TargetStore
+from .target_parameters import TargetParameters
 
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def _store(app: AppContext) -> TargetStore:
-    return TargetStore(app.client("ssm"), app.targets_path, app.secrets_path)
+def _store(app: AppContext) -> TargetParameters:
+    return TargetParameters(app.client("ssm"), app.targets_path, app.secrets_path)
 
 
 @click.group()
@@ -37,9 +37,11 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
     if token_stdin and token_env:
         raise CliError("use either --token-stdin or --token-env, not both")
     if token_stdin:
-        value = sys.stdin.read().strip()
+        value = _read_stdin_secret()
         if not value:
             raise CliError("--token-stdin: nothing was read from standard input")
+        if "\n" in value or "\r" in value:
+            raise CliError("--token-stdin: the value has a line break inside; pipe the token alone")
         return value
     if token_env:
         value = os.environ.get(token_env, "").strip()
@@ -47,6 +49,17 @@ def _secret_value(token_stdin: bool, token_env: str | None) -> str | None:
             raise CliError(f"--token-env: environment variable {token_env} is not set or empty")
         return value
     return None
+
+
+def _read_stdin_secret() -> str:
+    """Typed at a terminal: a hidden prompt. Piped: all of it, less the one line ending `echo` adds (spaces kept)."""
+    if sys.stdin.isatty():
+        return str(click.prompt("Token or password (hidden)", hide_input=True, default="", show_default=False))
+    value = sys.stdin.read()
+    for ending in ("\r\n", "\n"):
+        if value.endswith(ending):
+            return value[: -len(ending)]
+    return value
 
 
 def _way_in(
@@ -87,7 +100,11 @@ def _way_in(
 @click.option("--url", help="HTTPS way in: base URL of the downstream Airflow (Astro: the deployment URL).")
 @click.option("--auth", "auth_type", type=click.Choice(list(AUTH_TYPES)), help="Credential type of --url.")
 @click.option("--username", help="For basic and airflow-token.")
-@click.option("--token-stdin", is_flag=True, help="Read the token or password from standard input.")
+@click.option(
+    "--token-stdin",
+    is_flag=True,
+    help="Read the token or password from standard input (a hidden prompt on a terminal).",
+)
 @click.option("--token-env", metavar="VAR", help="Read the token or password from this environment variable.")
 @click.option("--mwaa-environment", metavar="NAME", help="MWAA way in: the environment's name (IAM, no secret).")
 @click.option("--mwaa-region", metavar="REGION", help="The MWAA environment's region (default: the function's).")
@@ -251,26 +268,20 @@ def disable_target(app: AppContext, name: str) -> None:
     _set_enabled(app, name, False)
 
 
-@dataclass
-class _SsmSecrets:
-    store: TargetStore
-    seen: list[str] = field(default_factory=list)
+def _secret_store(store: TargetParameters) -> SecretStore:
+    """The forwarder's own secret reader, over the CLI's SSM client: the same errors, never the value."""
+    from botocore.exceptions import ClientError
 
-    def get(self, name: str, *, fresh: bool = False) -> str:
-        from botocore.exceptions import ClientError
-
+    def fetch(name: str) -> str:
         try:
-            value = self.store.read_secret(name)
+            return store.read_secret(name)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise DeliveryFailed(
-                "auth", f"cannot read the target's secret parameter: {code}", transient=False
-            ) from None
-        self.seen.append(value)
-        return value
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            if code in ("ParameterNotFound", "AccessDeniedException"):
+                raise SecretNotFound(code) from None
+            raise
 
-    def known_values(self) -> list[str]:
-        return list(self.seen)
+    return SecretStore(fetch, ttl_s=0)
 
 
 def _auth_hint(failure: DeliveryFailed) -> str:
@@ -279,7 +290,7 @@ def _auth_hint(failure: DeliveryFailed) -> str:
     return f"{failure.error}: {failure.detail}"
 
 
-def _downstream(app: AppContext, store: TargetStore, target: Target) -> Downstream:
+def _downstream(app: AppContext, store: TargetParameters, target: Target) -> Downstream:
     import boto3
 
     from dataset_forwarder.services import Services
@@ -290,20 +301,35 @@ def _downstream(app: AppContext, store: TargetStore, target: Target) -> Downstre
     override = bool(os.environ.get("AWS_ENDPOINT_URL_MWAA") or os.environ.get("AWS_ENDPOINT_URL"))
     services = Services(
         transport=for_targets(4, user_agent="airflow-dataset-forwarder-cli"),
-        secrets=_SsmSecrets(store),
+        secrets=_secret_store(store),
         mwaa=MwaaClients(lambda: session, endpoint_override=override),
     )
     return Downstream(target, services)
+
+
+def _refuse_plain_http(target: Target, allow_http: bool) -> None:
+    """A check sends the target's credential: never unencrypted unless asked for (a local stack)."""
+    url = str(getattr(target.way_in, "url", ""))  # an MWAA target has no url
+    if allow_http or not url.lower().startswith("http://"):
+        return
+    sent = "its credential and events" if target.secret else "its requests"
+    raise CliError(
+        f"target {target.name} is plain http:// ({url}): checking it would send {sent} unencrypted; "
+        "pass --allow-http only for a local stack"
+    )
 
 
 @targets.command("test")
 @click.argument("name")
 @click.option("--dataset", "datasets", multiple=True, help="URI to check (default: the target's exact URIs).")
 @click.option("--send", is_flag=True, help="Also deliver one real test event for each dataset checked.")
+@click.option("--allow-http", is_flag=True, help="Check an http:// target (local stacks only: sent unencrypted).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 @friendly
-def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: bool, as_json: bool) -> None:
+def test_target(
+    app: AppContext, name: str, datasets: tuple[str, ...], send: bool, allow_http: bool, as_json: bool
+) -> None:
     """Check target NAME from here: way in, Airflow version, credentials, then what its action needs
     (the datasets and the DAGs scheduled on them, or the DAG a trigger_dag target starts); exit 1 on any failure.
 
@@ -317,6 +343,7 @@ def test_target(app: AppContext, name: str, datasets: tuple[str, ...], send: boo
 
     store = _store(app)
     target = store.get(name)
+    _refuse_plain_http(target, allow_http)
     downstream = _downstream(app, store, target)
     checks: list[Check] = []
     try:

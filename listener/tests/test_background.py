@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 
+import pytest
+
 from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
+from dataset_forwarder_listener.spool import Spool
 from tests.conftest import QUEUE_URL
 from tests.fakes.sqs import StubSqs, connection_error
 
@@ -101,7 +105,7 @@ def test_full_queue_leaves_events_in_the_spool_for_the_thread(spool, make_envelo
 
 def test_sending_waits_for_a_pause_in_submits_then_goes_in_batches(spool, make_envelope):
     client = StubSqs()
-    sending = background(spool, client, pause_s=1.0, max_wait_s=30.0)
+    sending = background(spool, client, pause_s=1.0, max_wait_s=30.0, batching="pause")
 
     for second in range(12):
         sending.submit(make_envelope(second=second))
@@ -115,7 +119,7 @@ def test_sending_waits_for_a_pause_in_submits_then_goes_in_batches(spool, make_e
 
 def test_a_steady_stream_of_submits_is_still_sent_within_max_wait(spool, make_envelope):
     client = StubSqs()
-    sending = background(spool, client, pause_s=1.0, max_wait_s=0.2)
+    sending = background(spool, client, pause_s=1.0, max_wait_s=0.2, batching="pause")
 
     started = time.monotonic()
     second = 0
@@ -129,9 +133,10 @@ def test_a_steady_stream_of_submits_is_still_sent_within_max_wait(spool, make_en
     sending.close()
 
 
-def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope):
+@pytest.mark.parametrize("batching", ["natural", "pause"])
+def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope, batching):
     client = StubSqs()
-    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0)
+    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0, batching=batching)
     for second in range(3):
         sending.submit(make_envelope(second=second))
 
@@ -143,11 +148,12 @@ def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope):
     assert spool.count() == 0
 
 
-def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spool, make_envelope):
+@pytest.mark.parametrize("batching", ["natural", "pause"])
+def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spool, make_envelope, batching):
     left = make_envelope(second=1)
     spool.write(left)  # an earlier process spooled it and died (Airflow 3: `dags test`, then exit)
     client = StubSqs()
-    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0)
+    sending = background(spool, client, pause_s=10.0, max_wait_s=10.0, batching=batching)
 
     new = make_envelope(second=2)
     sending.submit(new)
@@ -155,3 +161,94 @@ def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spo
 
     assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted([left["id"], new["id"]])
     assert spool.count() == 0
+
+
+def test_unsafe_spool_directory_leaves_the_background_sender_idle(tmp_path, make_envelope):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").symlink_to(elsewhere)
+    client = StubSqs()
+    sending = background(Spool(tmp_path / "spool", max_files=10), client)
+
+    for second in range(3):
+        sending.submit(make_envelope(second=second))
+    sending.close(timeout_s=2)
+
+    assert sending._thread is None  # no thread was started for nothing
+    assert client.calls == 0
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "poison",
+    [{"uri": 42}, {"uri": ["s3://bucket/a"]}, {"source": "not an object"}, {"id": {"not": "a string"}}],
+    ids=["uri-number", "uri-list", "source-string", "id-object"],
+)
+def test_a_poison_file_in_the_spool_is_parked_and_the_sender_keeps_sending(spool, make_envelope, poison):
+    bad = {**make_envelope(second=1), **poison}
+    spool.directory.mkdir(parents=True)
+    name = f"{1:020d}-poison.json"
+    (spool.directory / name).write_text(json.dumps(bad))  # a hand edit, or a bug in another version
+    client = StubSqs()
+    sending = background(spool, client)
+    first, later = make_envelope(second=2), make_envelope(second=3)
+
+    sending.submit(first)  # the thread starts, sends it, and catches up on the spool: the poison file
+    assert wait_for((spool.rejected_dir / name).exists)
+    sending.submit(later)
+
+    assert wait_for(lambda: len(client.sent) == 2 and spool.count() == 0)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted([first["id"], later["id"]])
+    assert sending._thread.is_alive()
+    assert sending._restarts == 0  # it survived rather than being replaced
+    assert [p.name for p in spool.rejected_dir.iterdir()] == [name]
+    sending.close()
+
+
+def test_an_unexpected_error_does_not_stop_the_sender(spool, make_envelope, caplog):
+    client = StubSqs()
+    sending = background(spool, client, min_backoff_s=0.1)
+    real_flush = sending.sender.flush
+    failures = []
+
+    def flush_failing_once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a bug nobody foresaw")
+        return real_flush(*args, **kwargs)
+
+    sending.sender.flush = flush_failing_once
+    with caplog.at_level(logging.ERROR):
+        sending.submit(make_envelope(second=1))
+        assert wait_for(lambda: failures and len(client.sent) == 1)
+        sending.submit(make_envelope(second=2))
+        assert wait_for(lambda: len(client.sent) == 2 and spool.count() == 0)
+
+    assert "unexpected error" in caplog.text
+    assert sending._restarts == 0
+    sending.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread's death is the point
+def test_a_dead_sender_thread_is_replaced_at_the_next_submit(spool, make_envelope, caplog):
+    client = StubSqs()
+    sending = background(spool, client)
+    real_flush = sending.sender.flush
+
+    def flush_killing_the_thread(*args, **kwargs):
+        sending.sender.flush = real_flush
+        raise SystemExit  # ends a thread silently, past any `except Exception`
+
+    sending.sender.flush = flush_killing_the_thread
+    sending.submit(make_envelope(second=1))  # the thread's first catch-up on the spool kills it
+    assert wait_for(lambda: not sending._thread.is_alive())
+    spool.write(make_envelope(second=2))  # written meanwhile, by another process
+
+    with caplog.at_level(logging.WARNING):
+        sending.submit(make_envelope(second=3))
+
+    assert wait_for(lambda: len(client.sent) == 3 and spool.count() == 0)
+    assert sending._thread.is_alive()
+    assert sending._restarts == 1
+    assert "started it again" in caplog.text
+    sending.close()

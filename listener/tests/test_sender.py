@@ -320,3 +320,35 @@ def test_a_send_stuck_past_its_budget_does_not_block_the_next_one(spool, make_en
     started = time.monotonic()
     assert sender.send(make_envelope(second=2)) is True
     assert time.monotonic() - started < 1.0
+
+
+def test_unsafe_spool_directory_makes_the_sender_forward_nothing(tmp_path, make_envelope):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").symlink_to(elsewhere)
+    client = StubSqs()
+    sender = make_sender(Spool(tmp_path / "spool", max_files=10), client)
+
+    assert sender.send(make_envelope(second=1)) is False
+    assert sender.send_all([make_envelope(second=2), make_envelope(second=3)]) == 0
+
+    assert client.calls == 0
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_flush_parks_an_unsendable_file_and_sends_the_others(spool, make_envelope, caplog):
+    good = [make_envelope(second=s) for s in (1, 3)]
+    for envelope in good:
+        spool.write(envelope)
+    name = f"{2:020d}-poison.json"
+    (spool.directory / name).write_text(json.dumps({**make_envelope(second=2), "uri": 42}))
+    client = StubSqs()
+
+    with caplog.at_level(logging.ERROR):
+        flushed = make_sender(spool, client).flush()
+
+    assert (flushed.sent, flushed.remaining, flushed.failed) == (2, 0, False)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in good)
+    assert [p.name for p in spool.rejected_dir.iterdir()] == [name]
+    assert "not a sendable envelope" in caplog.text
+    assert spool.count() == 0

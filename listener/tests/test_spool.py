@@ -4,14 +4,19 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from dataset_forwarder_listener.spool import Spool
+from dataset_forwarder_listener.sender import Sender, SqsTransport
+from dataset_forwarder_listener.spool import REJECTED_MAX_BYTES, REJECTED_MAX_FILES, TMP_PREFIX, Spool
+from tests.conftest import QUEUE_URL
+from tests.fakes.sqs import StubSqs
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -260,3 +265,146 @@ def test_spool_directory_removed_under_a_running_process_is_made_again(spool, ma
     assert path is not None
     assert path.is_file()
     assert spool.claim(path) == spool.inflight_dir / path.name
+
+
+# ---------------------------------------------------------------------------------------- a private spool
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077, 0o277])
+def test_spool_is_private_whatever_the_umask(tmp_path, make_envelope, umask):
+    previous = os.umask(umask)
+    try:
+        spool = Spool(tmp_path / "spool", max_files=10)
+        path = spool.write(make_envelope(second=1))
+        claimed = spool.claim(spool.write(make_envelope(second=2)))
+        spool.reject(claimed, "refused for the test")
+    finally:
+        os.umask(previous)
+
+    assert mode(spool.directory) == 0o700
+    assert mode(spool.inflight_dir) == 0o700
+    assert mode(spool.rejected_dir) == 0o700
+    assert mode(path) == 0o600
+    assert mode(spool.rejected_dir / claimed.name) == 0o600
+    assert spool.claim(path) is not None  # still claimable (the lock opens it for writing)
+
+
+def test_symlinked_spool_directory_is_refused_and_nothing_is_read_or_written_there(tmp_path, make_envelope, caplog):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = make_envelope(second=1)
+    (elsewhere / f"{1:020d}-{planted['id']}.json").write_text(json.dumps(planted))
+    (tmp_path / "spool").symlink_to(elsewhere)
+    spool = Spool(tmp_path / "spool", max_files=10)
+
+    with caplog.at_level(logging.ERROR):
+        assert spool.pending() == []  # the planted file is not read
+        assert spool.write(make_envelope(second=2)) is None
+        assert spool.write(make_envelope(second=3)) is None
+
+    assert spool.refused
+    assert spool.count() == 0
+    assert sorted(p.name for p in elsewhere.iterdir()) == [f"{1:020d}-{planted['id']}.json"]
+    refusals = [r.getMessage() for r in caplog.records if "refusing to use the spool directory" in r.getMessage()]
+    assert len(refusals) == 1  # said once, not per event
+    assert "symbolic link" in refusals[0]
+    assert "NOT forwarded" in refusals[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown to another user needs root")
+def test_spool_directory_of_another_user_is_refused(tmp_path, make_envelope, caplog):
+    directory = tmp_path / "spool"
+    directory.mkdir(mode=0o777)
+    os.chown(directory, 12345, 12345)
+    spool = Spool(directory, max_files=10)
+
+    with caplog.at_level(logging.ERROR):
+        assert spool.write(make_envelope()) is None
+
+    assert spool.refused
+    assert list(directory.iterdir()) == []
+    assert "owned by uid 12345" in caplog.text
+
+
+def test_refused_spool_is_used_once_it_is_fixed(tmp_path, make_envelope):
+    clock = FakeClock()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "spool").symlink_to(elsewhere)
+    spool = Spool(tmp_path / "spool", max_files=10, clock=clock)
+    assert spool.write(make_envelope(second=1)) is None
+
+    (tmp_path / "spool").unlink()
+    assert spool.write(make_envelope(second=2)) is None  # looked at again only once a minute
+    clock.now += 61
+
+    assert spool.write(make_envelope(second=3)) is not None
+    assert not spool.refused
+
+
+def test_a_link_planted_at_the_temporary_name_is_not_written_through(spool, make_envelope):
+    envelope = make_envelope()
+    name = f"{1795474800123456000:020d}-{envelope['id']}.json"
+    spool.write(make_envelope(second=9))  # the directory exists
+    target = spool.directory.parent / "precious"
+    target.write_text("keep me")
+    (spool.directory / f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}").symlink_to(target)
+
+    path = spool.write(envelope, unique=True)
+
+    assert target.read_text() == "keep me"
+    assert path is not None
+    assert not path.is_symlink()
+    assert json.loads(path.read_text()) == envelope
+
+
+def test_a_spooled_link_is_parked_as_rejected_not_followed(spool, make_envelope):
+    spool.write(make_envelope(second=1))
+    secret = spool.directory.parent / "secret.json"
+    secret.write_text(json.dumps(make_envelope(second=2)))
+    link = spool.directory / f"{2:020d}-link.json"
+    link.symlink_to(secret)
+    client = StubSqs()
+
+    flushed = Sender(SqsTransport(QUEUE_URL, client_factory=lambda: client), spool, 2.0).flush()
+
+    assert flushed.sent == 1
+    assert [json.loads(body)["emitted_at"][17:19] for body in client.bodies] == ["01"]  # not the link's target
+    assert (spool.rejected_dir / link.name).is_symlink()
+    assert spool.pending() == []
+
+
+def _reject_files(spool: Spool, make_envelope, count: int) -> list[str]:
+    names = []
+    for second in range(count):
+        claimed = spool.claim(spool.write(make_envelope(second=second)))
+        moment = time.time() - 100 + second  # the later the rejection, the newer
+        os.utime(claimed, (moment, moment))
+        spool.reject(claimed, "refused for the test")
+        names.append(claimed.name)
+    return names
+
+
+def test_rejected_keeps_only_the_newest_files(spool, make_envelope, caplog):
+    assert REJECTED_MAX_FILES >= 100  # the documented default
+    spool.rejected_max_files = 3
+
+    with caplog.at_level(logging.WARNING):
+        names = _reject_files(spool, make_envelope, 5)
+
+    assert sorted(p.name for p in spool.rejected_dir.iterdir()) == sorted(names[-3:])
+    assert "Deleted the 1 oldest rejected events" in caplog.text
+
+
+def test_rejected_keeps_only_the_newest_bytes(spool, make_envelope):
+    assert REJECTED_MAX_BYTES >= 1024 * 1024  # the documented default
+    one = len(json.dumps(make_envelope(second=1), separators=(",", ":")))
+    spool.rejected_max_bytes = 2 * one + one // 2
+
+    names = _reject_files(spool, make_envelope, 4)
+
+    assert sorted(p.name for p in spool.rejected_dir.iterdir()) == sorted(names[-2:])

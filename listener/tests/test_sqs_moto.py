@@ -9,7 +9,7 @@ import time
 import boto3
 import pytest
 
-from dataset_forwarder_listener.sender import Sender, SqsTransport
+from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
 from dataset_forwarder_listener.spool import Spool
 from tests.conftest import free_port, receive_all
 
@@ -94,3 +94,26 @@ def test_endpoint_that_never_answers_costs_no_more_than_the_budget(queue, tmp_pa
 
     assert 0.9 < elapsed < 1.5
     assert spool.count() == 1
+
+
+def test_background_sender_parks_a_poison_file_and_keeps_sending(queue, tmp_path, make_envelope):
+    sqs, url = queue
+    spool = Spool(tmp_path / "spool", max_files=100)
+    spool.directory.mkdir()
+    poison = f"{1:020d}-poison.json"
+    (spool.directory / poison).write_text(json.dumps({**make_envelope(second=1), "uri": 42}))
+    sending = BackgroundSender(Sender(SqsTransport(url), spool, budget_s=10))
+    envelopes = [make_envelope(second=s) for s in (2, 3)]
+
+    sending.submit(envelopes[0])  # the thread starts and catches up on the spool, poison file included
+    deadline = time.monotonic() + 30
+    while not (spool.rejected_dir / poison).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sending.submit(envelopes[1])
+    while spool.count() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    sending.close(timeout_s=10)
+
+    assert sorted(json.loads(m["Body"])["id"] for m in receive_all(sqs, url)) == sorted(e["id"] for e in envelopes)
+    assert [p.name for p in spool.rejected_dir.iterdir()] == [poison]
+    assert spool.count() == 0

@@ -119,3 +119,18 @@ def test_quick_cold_start_run_compares_our_handler_with_the_straightforward_one(
     if layer["built"]:
         assert 0 < layer["zipped_bytes"] < layer["unzipped_bytes"]
     assert "| handler |" in table
+
+
+def test_quick_handler_profile_times_each_segment_and_its_floors(tmp_path: Path) -> None:
+    result, table = run_quick("handler_profile.py", tmp_path / "handler.json")
+
+    assert result["benchmark"] == "handler_profile"
+    check_machine(result)
+    assert set(result["segments"]) == {"to_post", "after_post"}
+    assert set(result["floors"]) == {"dynamodb_put_item", "bare_post"}
+    for row in (*result["segments"].values(), *result["floors"].values()):
+        assert row["n"] == result["runs"] == 5
+        assert 0 < row["min_ms"] <= row["p50_ms"] <= row["p95_ms"]
+    # the claim (one PutItem) happens before the POST: the event can never reach the downstream faster
+    assert result["segments"]["to_post"]["min_ms"] >= result["floors"]["dynamodb_put_item"]["min_ms"] * 0.5
+    assert "to_post" in table

@@ -56,6 +56,7 @@ class Fault:
     reset: bool = False  # abort the TCP connection with RST (SO_LINGER 0) without responding
     method: str | None = None  # only match requests with this method (e.g. "POST"); None = any
     path_prefix: str | None = None  # only match requests whose path (with query) starts with this
+    body: str | None = None  # the body sent with `status` instead of {"detail": "injected"}
     # Hostile answers (additive): `raw_body` replaces the answer's body (with `status`, or after normal handling: the
     # request then takes effect, e.g. a POST lands, and only its answer is hostile); `headers` are added to it.
     raw_body: bytes | None = None
@@ -192,7 +193,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.status is not None and not fault.shapes_answer:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            response = _json(fault.status, {"detail": "injected"}, headers)
+            payload = json.loads(fault.body) if fault.body is not None else {"detail": "injected"}
+            response = _json(fault.status, payload, headers)
         elif fault is not None and fault.status is not None:
             response = _Response(fault.status, b"")
         else:
@@ -329,7 +331,10 @@ class FakeAirflow:
         password: str = "admin-pw",
         jwt_secret: str = "fake-jwt-secret",
         jwt_ttl_s: int = 86400,
+        release: str | None = None,
     ) -> None:
+        """`release`: the version GET /version reports (default 2.11.2 / 3.3.2); a 3.x before 3.2 forbids
+        `partition_key` in asset events, as Airflow 3.0 and 3.1 do."""
         if version not in ("2", "3"):
             raise ValueError(f"version must be '2' or '3', not {version!r}")
         if auth not in AUTH_MODES:
@@ -337,6 +342,7 @@ class FakeAirflow:
         if version == "2" and auth == "airflow-token":
             raise ValueError("auth='airflow-token' (JWT from /auth/token) exists on Airflow 3 only")
         self.version = version
+        self.release = release or (AIRFLOW3_VERSION if version == "3" else AIRFLOW2_VERSION)
         self.auth = auth
         self.username = username
         self.jwt_ttl_s = jwt_ttl_s
@@ -717,8 +723,7 @@ class FakeAirflow:
         return _json(401, {"detail": "Invalid credentials"})
 
     def _version_response(self, request: _Request) -> _Response:
-        version = AIRFLOW3_VERSION if self.version == "3" else AIRFLOW2_VERSION
-        return _json(200, {"version": version, "git_version": None})
+        return _json(200, {"version": self.release, "git_version": None})
 
     def _health_response(self, request: _Request) -> _Response:
         beat = _timestamp(datetime.now(UTC), zulu=self.version == "3")
@@ -833,8 +838,10 @@ class FakeAirflow:
             },
         )
 
-    @staticmethod
-    def _v3_event_errors(data: Any) -> list[dict[str, Any]]:
+    def _takes_partitions(self) -> bool:
+        return tuple(int(part) for part in self.release.split(".")[:2]) >= (3, 2)
+
+    def _v3_event_errors(self, data: Any) -> list[dict[str, Any]]:
         """Pydantic-style validation of CreateAssetEventsBody (extra="forbid")."""
         if not isinstance(data, dict):
             return [
@@ -876,8 +883,9 @@ class FakeAirflow:
                     "input": partition_key,
                 }
             )
+        allowed = ("asset_id", "extra", "partition_key") if self._takes_partitions() else ("asset_id", "extra")
         for key in data:
-            if key not in ("asset_id", "extra", "partition_key"):
+            if key not in allowed:
                 errors.append(
                     {
                         "type": "extra_forbidden",

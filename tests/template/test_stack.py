@@ -151,6 +151,7 @@ def test_function_environment_is_the_design_contract(stack: DeployedStack, templ
     assert set(environment) >= DESIGN_ENVIRONMENT
     assert {key for key in environment if key not in DESIGN_ENVIRONMENT} == {
         "IDEMPOTENCY_TTL_S",
+        "FUNCTION_TIMEOUT_S",
         "AWS_STS_REGIONAL_ENDPOINTS",
         "POWERTOOLS_SERVICE_NAME",
         "POWERTOOLS_METRICS_NAMESPACE",

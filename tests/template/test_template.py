@@ -308,6 +308,13 @@ def test_function_environment_carries_the_allow_lists_and_secrets_path(transform
     assert variables["SECRETS_PATH"] == {"Ref": "SecretsPath"}
 
 
+def test_function_is_told_its_own_timeout(transformed: dict[str, Any]) -> None:
+    """Targets whose timeout_s could never fit are refused at parse time: the function must know its timeout."""
+    properties = _function(transformed)["Properties"]
+    timeout = properties.get("Timeout", transformed.get("Globals", {}).get("Function", {}).get("Timeout"))
+    assert properties["Environment"]["Variables"]["FUNCTION_TIMEOUT_S"] == str(timeout)
+
+
 def test_vpc_is_optional_and_needs_subnets_and_security_groups_together(transformed: dict[str, Any]) -> None:
     properties = _function(transformed)["Properties"]
     assert properties["VpcConfig"] == {

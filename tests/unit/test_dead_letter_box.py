@@ -71,6 +71,52 @@ def test_refused_messages_stay_in_the_dlq_and_the_redrive_says_so() -> None:
     assert len(sqs.delivered) == 2
 
 
+class SqsWhoseDeletesFail(SqsWithRefusals):
+    """Deletes fail for bodies containing "stuck" (an expired receipt handle), or the whole call fails."""
+
+    def __init__(self, bodies: list[str], *, whole_call: bool = False) -> None:
+        super().__init__(bodies)
+        self.whole_call = whole_call
+
+    def delete_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        self.calls.append("delete_batch")
+        if self.whole_call:
+            raise ClientError({"Error": {"Code": "InternalError", "Message": "try later"}}, "DeleteMessageBatch")
+        ok, failed = [], []
+        for entry in kwargs["Entries"]:
+            message_id = entry["ReceiptHandle"].removeprefix("rh-")
+            if "stuck" in self.dlq[message_id]:
+                failed.append({"Id": entry["Id"], "Code": "ReceiptHandleIsInvalid", "SenderFault": True})
+            else:
+                del self.dlq[message_id]
+                ok.append({"Id": entry["Id"]})
+        return {"Successful": ok, "Failed": failed}
+
+
+def test_a_letter_sent_but_not_deleted_is_reported_apart_from_the_moved_ones() -> None:
+    sqs = SqsWhoseDeletesFail(['{"id": "1"}', '{"id": "2", "x": "stuck"}', '{"id": "3"}'])
+
+    with pytest.raises(RedriveIncomplete, match=r"1 message\(s\) were sent .* but NOT deleted") as raised:
+        DeadLetterBox(sqs, "dlq").redrive("events")
+
+    assert sorted(r.message_id for r in raised.value.moved) == ["m0", "m2"]
+    assert [(r.message_id, reason) for r, reason in raised.value.not_deleted] == [("m1", "ReceiptHandleIsInvalid")]
+    assert list(sqs.dlq) == ["m1"]
+    assert len(sqs.delivered) == 3
+
+
+def test_a_failed_delete_call_leaves_every_letter_of_its_batch_reported_as_not_deleted() -> None:
+    sqs = SqsWhoseDeletesFail(['{"id": "1"}', '{"id": "2"}'], whole_call=True)
+
+    with pytest.raises(RedriveIncomplete, match="InternalError") as raised:
+        DeadLetterBox(sqs, "dlq").redrive("events")
+
+    assert raised.value.moved == []
+    assert sorted(r.message_id for r, _ in raised.value.not_deleted) == ["m0", "m1"]
+
+
 class SqsWhoseHoldsRunOut:
     """Serves 25 messages in batches; the first batch comes back (new receipt handles) before the rest, as when a
     scan of a long queue outlives its holds."""

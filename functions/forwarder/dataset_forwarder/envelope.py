@@ -1,4 +1,5 @@
-"""The envelope v1 (DESIGN.md §3): parse an SQS body, build what downstream and the DLQ receive."""
+"""The envelope v1, the listener's SQS message (its JSON Schema: events/envelope.schema.json): parse an SQS body,
+build what downstream and the DLQ receive."""
 
 from __future__ import annotations
 
@@ -51,8 +52,10 @@ class Envelope:
         return parse_time(self.raw.get("emitted_at"))
 
     def downstream_extra(self) -> dict[str, Any]:
-        """The extra posted downstream: the upstream extra plus our lineage key."""
-        lineage = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        """The extra posted downstream: the upstream extra plus our lineage key (with the partition key, if any)."""
+        lineage: dict[str, Any] = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        if self.partition_key is not None:  # also where a downstream that takes no partition key can read it
+            lineage["partition_key"] = self.partition_key
         return {**self.extra, LINEAGE_KEY: lineage}
 
     def dead_letter_body(self, *targets: str) -> str:
@@ -66,6 +69,59 @@ class Envelope:
         if len(body.encode("utf-8")) > MAX_DEAD_LETTER_BODY_BYTES:
             return dumps(self.raw)
         return body
+
+
+ASSET_EVENT = "asset_event"
+DAG_RUN = "dag_run"
+DAG_RUN_STATES = ("success", "failed")
+
+
+def dag_run_uri(deployment: str, dag_id: str, state: str) -> str:
+    """The URI a finished DAG run is reported under: `dagrun://{deployment}/{dag_id}/{state}`."""
+    return f"dagrun://{deployment}/{dag_id}/{state}"
+
+
+def new_envelope(
+    uri: str,
+    *,
+    event_id: str,
+    deployment: str,
+    extra: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    kind: str = ASSET_EVENT,
+    partition_key: str | None = None,
+    only_targets: list[str] | None = None,
+) -> dict[str, Any]:
+    """A version-1 envelope as a listener of `deployment` writes it (the CLI's test events use it)."""
+    envelope: dict[str, Any] = {
+        "version": VERSION,
+        "kind": kind,
+        "id": event_id,
+        "uri": uri,
+        "name": uri,
+        "extra": extra or {},
+        "source": {
+            "deployment": deployment,
+            "airflow_version": None,
+            "dag_id": None,
+            "task_id": None,
+            "run_id": None,
+            "map_index": None,
+            **(source or {}),
+        },
+        "emitted_at": datetime.now(UTC).isoformat(),
+        "trail": [deployment],
+        "only_targets": only_targets,
+    }
+    if partition_key is not None:
+        envelope["partition_key"] = partition_key
+    return envelope
+
+
+def message_attributes(envelope: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The SQS message attributes a listener sets on an envelope."""
+    values = {"uri": envelope["uri"], "event_id": envelope["id"], "source_deployment": envelope["source"]["deployment"]}
+    return {key: {"DataType": "String", "StringValue": str(value)} for key, value in values.items()}
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -20,7 +20,7 @@ BODY_EXCERPT = 300
 MAX_RETRY_AFTER_S = 86400.0  # a longer Retry-After is nonsense; the caller caps lower anyway
 TRANSIENT_STATUSES = frozenset({408, 429})
 
-# The dead-letter `error` values of DESIGN.md §6 that are not http_NNN.
+# The dead-letter `error` values that are not http_NNN (README, "Dead letters").
 TIMEOUT = "timeout"
 CONNECTION = "connection"
 UNKNOWN_DATASET = "unknown_dataset"

@@ -77,7 +77,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the function reads from its environment (DESIGN.md §5), validated."""
+    """Everything the function reads from its environment (the README's configuration table), validated."""
 
     dead_letter_queue_url: str
     idempotency_table: str
@@ -90,7 +90,7 @@ class Settings:
     # A full batch fans out at once (10 records x 25 targets): fewer workers deliver in waves, each
     # wave paying the downstream's whole latency again.
     max_workers: int = DEFAULT_MAX_WORKERS
-    idempotency_ttl_s: int = 14 * 24 * 3600
+    idempotency_ttl_s: int = 15 * 24 * 3600  # the DLQ's 14 days of retention + a redriven letter's retries
     secrets_path: str = DEFAULT_SECRETS_PATH
     mwaa_environments: tuple[str, ...] = ()
     target_role_arns: tuple[str, ...] = ()
@@ -131,5 +131,5 @@ class Settings:
             retry_base_delay_s=_number(env, "RETRY_BASE_DELAY_S", 10.0, 0.0, 900.0),
             retry_max_delay_s=_int(env, "RETRY_MAX_DELAY_S", 900, 0, 43200),
             max_workers=_int(env, "MAX_WORKERS", DEFAULT_MAX_WORKERS, 1, 512),
-            idempotency_ttl_s=_int(env, "IDEMPOTENCY_TTL_S", 14 * 24 * 3600, 60, 365 * 24 * 3600),
+            idempotency_ttl_s=_int(env, "IDEMPOTENCY_TTL_S", 15 * 24 * 3600, 60, 365 * 24 * 3600),
         )

@@ -5,52 +5,51 @@ may be left to a thread): spool, send, remove on success, keep on failure. ``Bac
 is for Airflow 3's api-server, where the hook must return at once: it spools and hands the
 envelope to a daemon thread through a bounded queue. Either way a send is never retried forever
 in the caller's path, and an envelope SQS has not accepted stays on disk for a later flush.
+The SQS calls themselves are ``sqs_transport``'s.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import enum
 import logging
 import os
 import queue
-import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
-from dataset_forwarder_listener.envelope import Envelope, dumps, message_attributes
+from dataset_forwarder_listener.envelope import Envelope
 from dataset_forwarder_listener.spool import Spool
+from dataset_forwarder_listener.sqs_transport import (
+    MAX_BATCH,
+    Outcome,
+    Result,
+    SqsTransport,
+    default_client_factory,
+    region_from_queue_url,
+    unsendable,
+)
+
+# Also the names the rest of the listener (and its tests) import from here.
+__all__ = [
+    "BATCHING",
+    "BackgroundSender",
+    "Flushed",
+    "Outcome",
+    "Result",
+    "Sender",
+    "SqsTransport",
+    "default_client_factory",
+    "region_from_queue_url",
+    "unsendable",
+]
 
 log = logging.getLogger(__name__)
 
-# Refusals that are about the message itself (too large, bad characters): sending it again can
-# never succeed. Everything else (throttling, credentials, a missing queue, KMS) may heal.
-PERMANENT_ERRORS = frozenset({"InvalidMessageContents", "InvalidParameterValue", "InvalidAttributeValue"})
-# Errors about a SendMessageBatch request as a whole, not about its messages.
-BATCH_ERRORS = frozenset(
-    {"BatchRequestTooLong", "TooManyEntriesInBatchRequest", "BatchEntryIdsNotDistinct", "InvalidBatchEntryId"}
-)
-MAX_BATCH = 10  # entries SQS takes in one SendMessageBatch
-MAX_BATCH_BYTES = 256 * 1024  # the request's size limit on every queue
-_REGION_IN_URL = re.compile(r"^https?://(?:sqs[.-])?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com", re.I)
-
-
-class Outcome(enum.Enum):
-    SENT = "sent"
-    RETRY = "retry"
-    REJECTED = "rejected"
-
-
-@dataclass(frozen=True)
-class Result:
-    outcome: Outcome
-    detail: str = ""
-    code: str = ""
+BATCHING = ("natural", "pause")  # BackgroundSender's strategies; "pause" only to be measured against
 
 
 @dataclass(frozen=True)
@@ -58,205 +57,6 @@ class Flushed:
     sent: int
     remaining: int
     failed: bool
-
-
-def region_from_queue_url(queue_url: str) -> str | None:
-    """The AWS region named in a queue URL (``https://sqs.eu-west-1.amazonaws.com/…``), if any."""
-    match = _REGION_IN_URL.match(queue_url)
-    return match.group(1).lower() if match else None
-
-
-def default_client_factory(queue_url: str) -> Callable[[], Any]:
-    """A factory for the SQS client: short timeouts, two attempts, standard AWS configuration."""
-
-    def create() -> Any:
-        import boto3
-        from botocore.config import Config
-
-        session = boto3.session.Session()
-        region = session.region_name or region_from_queue_url(queue_url) or "us-east-1"
-        config = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2})
-        return session.client("sqs", region_name=region, config=config)
-
-    return create
-
-
-class _Worker:
-    """One daemon thread that runs the SQS calls handed to it, one after the other.
-
-    A thread per call would cost a thread start (and the GIL hand-offs that go with it) per event,
-    in the process whose request path the listener must not slow down.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="dataset-forwarder-send", daemon=True).start()
-
-    def run(self, call: Callable[[], None]) -> None:
-        self._calls.put(call)
-
-    def retire(self) -> None:
-        """Stop after the calls already handed over (the current one may be stuck for a while)."""
-        self._calls.put(None)
-
-    def _run(self) -> None:
-        while True:
-            call = self._calls.get()
-            if call is None:
-                return
-            call()
-
-
-class SqsTransport:
-    """Sends envelopes to the queue; bounded by a timeout whatever the network or credentials do."""
-
-    def __init__(self, queue_url: str, client_factory: Callable[[], Any] | None = None) -> None:
-        self.queue_url = queue_url
-        self._factory = client_factory or default_client_factory(queue_url)
-        self._client: Any = None
-        self._client_pid = 0
-        self._worker: _Worker | None = None
-        self._lock = threading.Lock()
-
-    def send(self, envelope: Envelope, timeout_s: float) -> Result:
-        """Send ``envelope``; never raises, returns within ``timeout_s`` (the call may finish later)."""
-        answer = self._call(lambda client: self._send_one(client, envelope), timeout_s)
-        return answer if isinstance(answer, Result) else Result(Outcome.RETRY, f"unexpected answer {answer!r}")
-
-    def send_batch(self, envelopes: Sequence[Envelope], timeout_s: float) -> list[Result]:
-        """Send ``envelopes`` in as few calls as SQS allows; one result per envelope, in order.
-
-        Never raises and returns within ``timeout_s``. Each envelope keeps its own body and
-        attributes; SQS accepts or refuses each entry on its own. After a call that failed as a
-        whole and may heal, the envelopes not tried yet get the same answer without a try.
-        """
-        deadline = time.monotonic() + timeout_s
-        results: list[Result] = []
-        for chunk in _chunks(envelopes):
-            if results and results[-1].outcome is Outcome.RETRY:
-                results.extend([results[-1]] * len(chunk))  # the queue just failed: no point trying again now
-                continue
-            results.extend(self._send_chunk(chunk, deadline))
-        return results
-
-    def _send_chunk(self, chunk: Sequence[Envelope], deadline: float) -> list[Result]:
-        if len(chunk) == 1:
-            return [self.send(chunk[0], deadline - time.monotonic())]
-        answer = self._call(lambda client: self._send_batch_now(client, chunk), deadline - time.monotonic())
-        if isinstance(answer, list):
-            return answer
-        if answer.outcome is Outcome.REJECTED or answer.code.rsplit(".", 1)[-1] in BATCH_ERRORS:
-            # Refused as a batch: that says nothing sure about each message, so each gets its own answer.
-            return [self.send(envelope, deadline - time.monotonic()) for envelope in chunk]
-        return [answer] * len(chunk)
-
-    def _call(self, call: Callable[[Any], Any], timeout_s: float) -> Any:
-        """``call(client)`` on the worker thread: its return value, or a Result for an error or no answer."""
-        if timeout_s <= 0:
-            return Result(Outcome.RETRY, "no time left in the budget")
-        box: list[Any] = []
-        done = threading.Event()
-
-        def run() -> None:
-            try:
-                box.append(call(self._client_now()))
-            except Exception as exc:
-                box.append(_classify(exc))
-            finally:
-                done.set()
-
-        # botocore's timeouts do not cover DNS or fetching credentials, so the budget is enforced
-        # here; a daemon thread never delays the interpreter's exit.
-        worker = self._current_worker()
-        worker.run(run)
-        if not done.wait(timeout_s):
-            self._retire(worker)  # stuck: later calls go to a new worker
-            return Result(Outcome.RETRY, f"no answer from SQS within {timeout_s:.1f}s")
-        return box[0]
-
-    def _current_worker(self) -> _Worker:
-        with self._lock:
-            if self._worker is None or self._worker.pid != os.getpid():
-                self._worker = _Worker()  # first call, or a forked child: the parent's thread is not here
-            return self._worker
-
-    def _retire(self, worker: _Worker) -> None:
-        with self._lock:
-            if self._worker is worker:
-                self._worker = None
-        worker.retire()
-
-    def _client_now(self) -> Any:
-        with self._lock:
-            if self._client is None or self._client_pid != os.getpid():
-                # A forked child does not share its parent's client (its pooled connections are the parent's).
-                self._client, self._client_pid = self._factory(), os.getpid()
-            return self._client
-
-    def _send_one(self, client: Any, envelope: Envelope) -> Result:
-        client.send_message(
-            QueueUrl=self.queue_url,
-            MessageBody=dumps(envelope),
-            MessageAttributes=message_attributes(envelope),
-        )
-        return Result(Outcome.SENT)
-
-    def _send_batch_now(self, client: Any, chunk: Sequence[Envelope]) -> list[Result]:
-        # Entry ids are positions: envelope ids are unique per event, but one batch could hold a copy twice.
-        answer = client.send_message_batch(
-            QueueUrl=self.queue_url,
-            Entries=[
-                {"Id": str(index), "MessageBody": dumps(envelope), "MessageAttributes": message_attributes(envelope)}
-                for index, envelope in enumerate(chunk)
-            ],
-        )
-        results = [Result(Outcome.RETRY, "SQS did not answer for this entry")] * len(chunk)
-        for entry in answer.get("Successful") or ():
-            results[int(entry["Id"])] = Result(Outcome.SENT)
-        for entry in answer.get("Failed") or ():
-            code = str(entry.get("Code") or "")
-            detail = f"{code}: {entry.get('Message') or ''}"
-            outcome = Outcome.REJECTED if _is_permanent(code) else Outcome.RETRY
-            results[int(entry["Id"])] = Result(outcome, detail, code)
-        return results
-
-
-def _chunks(envelopes: Sequence[Envelope]) -> Iterator[list[Envelope]]:
-    """Envelopes in groups SQS takes in one SendMessageBatch: at most 10, and under its size limit."""
-    chunk: list[Envelope] = []
-    size = 0
-    for envelope in envelopes:
-        weight = _weight(envelope)
-        if chunk and (len(chunk) == MAX_BATCH or size + weight > MAX_BATCH_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(envelope)
-        size += weight
-    if chunk:
-        yield chunk
-
-
-def _weight(envelope: Envelope) -> int:
-    """What an envelope counts against a batch's size limit: its body and its attributes, in bytes."""
-    attributes = message_attributes(envelope)
-    return len(dumps(envelope)) + sum(
-        len(name) + len(value["DataType"]) + len(value["StringValue"].encode("utf-8"))
-        for name, value in attributes.items()
-    )
-
-
-def _classify(exc: Exception) -> Result:
-    error = getattr(exc, "response", None)
-    code = str(((error or {}).get("Error") or {}).get("Code") or "")
-    detail = f"{type(exc).__name__}: {exc}"
-    if _is_permanent(code):
-        return Result(Outcome.REJECTED, detail, code)
-    return Result(Outcome.RETRY, detail, code)
-
-
-def _is_permanent(code: str) -> bool:
-    return code.rsplit(".", 1)[-1] in PERMANENT_ERRORS
 
 
 class Sender:
@@ -306,6 +106,8 @@ class Sender:
         Each file is settled by its own entry's answer: removed when SQS accepted that entry,
         parked when it refused it for good, and otherwise left spooled for a later flush.
         """
+        if self.spool.refused:  # an unsafe spool directory: this process forwards nothing (the spool said why)
+            return [Outcome.RETRY] * len(items)
         outcomes = [Outcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
         todo: list[tuple[int, Envelope, Path | None]] = []
         for index, (envelope, path) in enumerate(items):
@@ -317,7 +119,11 @@ class Sender:
             todo.append((index, envelope, claimed))
         if not todo:
             return outcomes
-        results = self.transport.send_batch([envelope for _, envelope, _ in todo], self._timeout(deadline))
+        try:
+            results = self.transport.send_batch([envelope for _, envelope, _ in todo], self._timeout(deadline))
+        except BaseException:
+            self._release_all(claimed for _, _, claimed in todo)  # an unexpected error: give the files back
+            raise
         for (index, envelope, claimed), result in zip(todo, results):
             self._settle(envelope, claimed, result)
             outcomes[index] = result.outcome
@@ -358,17 +164,15 @@ class Sender:
         for start in range(0, len(todo), MAX_BATCH):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            batch: list[tuple[Path, Envelope]] = []
-            for path in todo[start : start + MAX_BATCH]:
-                claimed = self.spool.claim(path)
-                envelope = self.spool.read(claimed) if claimed is not None else None
-                if claimed is None or envelope is None:
-                    settled += 1
-                    continue
-                batch.append((claimed, envelope))
+            batch = self._claim(todo[start : start + MAX_BATCH])
+            settled += len(todo[start : start + MAX_BATCH]) - len(batch)  # taken by another process, or parked
             if not batch:
                 continue
-            results = self.transport.send_batch([envelope for _, envelope in batch], self._timeout(deadline))
+            try:
+                results = self.transport.send_batch([envelope for _, envelope in batch], self._timeout(deadline))
+            except BaseException:
+                self._release_all(claimed for claimed, _ in batch)  # an unexpected error: give the files back
+                raise
             for (claimed, _), result in zip(batch, results):
                 if result.outcome is Outcome.RETRY:
                     self.spool.release(claimed)
@@ -387,6 +191,21 @@ class Sender:
         if sent:
             log.info("Sent %d spooled dataset events to SQS.", sent)
         return Flushed(sent=sent, remaining=len(paths) - settled, failed=failed)
+
+    def _claim(self, paths: Sequence[Path]) -> list[tuple[Path, Envelope]]:
+        """Claim and read ``paths``: the ones this process now holds, with their envelopes."""
+        batch: list[tuple[Path, Envelope]] = []
+        for path in paths:
+            claimed = self.spool.claim(path)
+            envelope = self.spool.read(claimed) if claimed is not None else None
+            if claimed is not None and envelope is not None:
+                batch.append((claimed, envelope))
+        return batch
+
+    def _release_all(self, claims: Iterable[Path | None]) -> None:
+        for claimed in claims:
+            if claimed is not None:
+                self.spool.release(claimed)
 
     def _timeout(self, deadline: float | None) -> float:
         if deadline is None:
@@ -410,11 +229,17 @@ class BackgroundSender:
     starts and after a success. After a failure it backs off (doubling, capped) and leaves new
     envelopes in the spool meanwhile, so a dead queue costs one bounded attempt per back-off period.
 
-    The thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client
-    or a request is CPU work that delays every system call the caller makes meanwhile by up to a
-    switch interval. So it starts that work in a pause between ``submit`` calls (``pause_s``
-    without one), or once the oldest waiting envelope has waited ``max_wait_s``; the envelopes are
-    on disk all the while.
+    Batching is natural (``batching="natural"``, the default): when no send is in flight, an envelope
+    goes at once; envelopes submitted while one is in flight wait for it and then go together, up to
+    MAX_BATCH per SendMessageBatch. A lone event pays one round trip, and a burst costs one call per
+    ten events.
+
+    ``batching="pause"`` is the earlier strategy, kept to be measured against (bench/listener_cost.py):
+    the thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client or
+    a request is CPU work that can delay a system call the caller makes meanwhile by up to a switch
+    interval, so it starts that work in a pause between ``submit`` calls (``pause_s`` without one), or
+    once the oldest waiting envelope has waited ``max_wait_s``. Either way the envelopes are on disk
+    all the while.
     """
 
     def __init__(
@@ -426,10 +251,14 @@ class BackgroundSender:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         flush_batch: int = 100,
+        batching: str = "natural",
         pause_s: float = 0.05,
         max_wait_s: float = 1.0,
     ) -> None:
+        if batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, not {batching!r}")
         self.sender = sender
+        self.batching = batching
         self.pause_s = pause_s
         self.max_wait_s = max_wait_s
         self.close_timeout_s = close_timeout_s
@@ -445,6 +274,7 @@ class BackgroundSender:
         self._stop_deadline = 0.0
         self._overflow = False
         self._submitted_at = 0.0
+        self._restarts = 0
         # Owned by the thread:
         self._backlog = True  # files left by an earlier process may be waiting
         self._retry_at = 0.0
@@ -453,6 +283,8 @@ class BackgroundSender:
     def submit(self, envelope: Envelope) -> None:
         """Spool ``envelope`` and queue it for the thread; never blocks."""
         path = self.sender.spool.write(envelope, unique=True)
+        if self.sender.spool.refused:
+            return  # an unsafe spool directory: nothing is forwarded from this process (the spool said why)
         self._submitted_at = time.monotonic()
         self._ensure_started()
         try:
@@ -479,12 +311,22 @@ class BackgroundSender:
         thread.join(max(0.0, self._stop_deadline - time.monotonic()))
 
     def _ensure_started(self) -> None:
-        if self._thread is not None and self._pid == os.getpid():
+        """Start the thread: the first time, in a forked child, and again should it have died."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and (thread.is_alive() or self._stopping.is_set()):
             return
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid():
-                return
-            if self._pid and self._pid != os.getpid():
+            thread = self._thread
+            if self._pid == os.getpid() and thread is not None:
+                if thread.is_alive() or self._stopping.is_set():
+                    return
+                self._restarts += 1
+                log.warning(
+                    "The dataset forwarder's sender thread had stopped; started it again (%d time(s) so far).",
+                    self._restarts,
+                )
+                self._backlog = True  # what it was sending went back to the spool, or is released when stale
+            elif self._pid and self._pid != os.getpid():
                 # A forked child (e.g. an api-server worker) inherits no thread and a queue whose lock
                 # may be held: start afresh. Files queued in the parent are still in the spool.
                 self._queue = queue.Queue(self._queue_size)
@@ -496,23 +338,47 @@ class BackgroundSender:
             self._thread.start()
 
     def _run(self) -> None:
-        try:
-            while True:
-                item = self._next()
-                if item is _STOP:
-                    return
-                items = [item] if isinstance(item, _Item) else []
-                stop = self._await_pause(items)
-                for start in range(0, len(items), MAX_BATCH):
-                    self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
-                if self._overflow:
-                    self._backlog, self._overflow = True, False
-                if self._backlog and time.monotonic() >= self._retry_at:
-                    self._catch_up()  # also while closing: within the close budget, older files go out too
-                if stop:
-                    return
-        except Exception:
-            log.exception("The dataset forwarder's sender thread stopped; unsent events stay spooled.")
+        while True:
+            item = self._next()
+            if item is _STOP:
+                return
+            items = [item] if isinstance(item, _Item) else []
+            try:
+                stop = self._round(items)
+            except Exception:
+                # A bug or a file nobody foresaw must not end the sending for good: what it was sending went
+                # back to the spool; try again after a back-off (unsendable files are parked, not retried).
+                log.exception("The dataset forwarder's sender hit an unexpected error; unsent events stay spooled.")
+                self._backlog = True
+                self._back_off()
+                stop = False
+            if stop:
+                return
+
+    def _round(self, items: list[_Item]) -> bool:
+        """Send ``items`` (and what joins them), then catch up on the spool if due; True when to stop."""
+        stop = self._await_pause(items) if self.batching == "pause" else self._take_queued(items)
+        for start in range(0, len(items), MAX_BATCH):
+            self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
+        if self._overflow:
+            self._backlog, self._overflow = True, False
+        if self._backlog and time.monotonic() >= self._retry_at:
+            self._catch_up()  # also while closing: within the close budget, older files go out too
+        return stop
+
+    def _take_queued(self, items: list[_Item]) -> bool:
+        """Add what is queued right now to ``items`` (up to one batch) without waiting for more;
+        True when the thread is to stop after sending them."""
+        while len(items) < MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            if isinstance(item, _Item):
+                items.append(item)
+        return False
 
     def _await_pause(self, items: list[_Item]) -> bool:
         """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued

@@ -4,7 +4,8 @@ Layout under the spool directory::
 
     <emitted-ns>-<id>.json           waiting to be sent (oldest first by name)
     inflight/<emitted-ns>-<id>.json  claimed by a process that is sending it right now
-    rejected/<emitted-ns>-<id>.json  refused by SQS for good (kept for a person to look at)
+    rejected/<emitted-ns>-<id>.json  refused by SQS for good, or not sendable (kept for a person to look at;
+                                     at most REJECTED_MAX_FILES files / REJECTED_MAX_BYTES, oldest pruned)
 
 Files appear atomically (temporary file + ``os.replace``) and move between states with
 ``os.rename``, so several Airflow processes can share one spool without sending a file twice:
@@ -14,6 +15,11 @@ lock when the process dies, so a claim left by a killed process is released at t
 (a restarted process sends it at once). A claim whose lock cannot be checked, or whose live
 sender is stuck, is released after ``stale_after_s``. No method raises: a spool problem is
 logged and reported through the return value.
+
+The spool holds event payloads, so it is private to the user Airflow runs as: directories are
+made 0700 and files 0600 whatever the umask, files are opened with ``O_NOFOLLOW`` (and created
+with ``O_EXCL``), and a spool directory that is a symbolic link or belongs to another user is
+refused (``refused``): nothing is written to it or read from it, and the sender stays idle.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -42,6 +49,18 @@ REJECTED = "rejected"
 TMP_PREFIX = ".tmp-"
 LOUD_EVERY_S = 60.0
 RECOUNT_EVERY_S = 5.0
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+# rejected/ is for a person to look at, not an archive: beyond these the oldest rejections are deleted.
+REJECTED_MAX_FILES = 1000
+REJECTED_MAX_BYTES = 64 * 1024 * 1024
+RECHECK_REFUSED_S = 60.0  # a refused spool directory is looked at again this often (it may have been fixed)
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+class UnsafeSpool(OSError):
+    """The spool directory (or one under it) is not this user's own: it is not used at all."""
 
 
 class Spool:
@@ -63,6 +82,15 @@ class Spool:
         self._estimate = 0
         self._counted_at: float | None = None
         self._made = False
+        self._fix_mode = False  # the umask would take FILE_MODE bits away: set the mode explicitly
+        self._refused_at: float | None = None
+        self.rejected_max_files = REJECTED_MAX_FILES
+        self.rejected_max_bytes = REJECTED_MAX_BYTES
+
+    @property
+    def refused(self) -> bool:
+        """The spool directory is unsafe (a symbolic link, or another user's): this process must not use it."""
+        return self._refused_at is not None
 
     @property
     def inflight_dir(self) -> Path:
@@ -83,10 +111,10 @@ class Spool:
         name = f"{epoch_ns(envelope.get('emitted_at')):020d}-{envelope['id']}{SUFFIX}"
         path = self.directory / name
         try:
+            if not self._made and not self._ready(create=True):
+                return None  # refused: said loudly by _ready
             if not unique and (path.exists() or (self.inflight_dir / name).exists()):
                 return path  # the same event is already spooled: one file per id
-            if not self._made:
-                self._make_directories()
             held = self._held()
             if held >= self.max_files:
                 self._loudly(
@@ -103,10 +131,15 @@ class Spool:
             tmp = os.path.join(self.directory, f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}")
             data = json.dumps(envelope, separators=(",", ":")).encode("utf-8")
             try:
-                _write_file(tmp, data)
+                _write_file(tmp, data, self._fix_mode)
             except FileNotFoundError:  # the spool directory was removed under a running process
-                self._make_directories()
-                _write_file(tmp, data)
+                self._made = False
+                if not self._ready(create=True):
+                    return None
+                _write_file(tmp, data, self._fix_mode)
+            except FileExistsError:  # a temporary file left by a crashed process that had our pid and thread id
+                os.unlink(tmp)
+                _write_file(tmp, data, self._fix_mode)
             os.replace(tmp, path)
             self._estimate += 1
             return path
@@ -120,16 +153,48 @@ class Spool:
             )
             return None
 
+    def _ready(self, *, create: bool) -> bool:
+        """Whether this process may use the spool directory, made (``create``) and checked once per process.
+
+        False when it does not exist (and ``create`` is off) or is refused as unsafe; a refused
+        directory is looked at again after RECHECK_REFUSED_S. Other OSErrors propagate.
+        """
+        if self._made:
+            return True
+        if self._refused_at is not None and self._clock() - self._refused_at < RECHECK_REFUSED_S:
+            return False
+        if not create and not os.path.lexists(self.directory):
+            return False
+        try:
+            self._make_directories()
+        except UnsafeSpool as exc:
+            self._refused_at = self._clock()
+            log.error(
+                "Dataset forwarder: refusing to use the spool directory %s: %s. Dataset events from this process "
+                "are NOT forwarded until it is fixed: set DATASET_FORWARDER_SPOOL_DIR to a directory of this "
+                "user's own (the listener makes it, mode 0700, when it does not exist).",
+                self.directory,
+                exc,
+            )
+            return False
+        self._refused_at = None
+        return True
+
     def _make_directories(self) -> None:
-        """Create the spool (with ``inflight/``); once per process, again only if it disappears."""
-        self.inflight_dir.mkdir(parents=True, exist_ok=True)
+        """Create the spool with ``inflight/`` (0700; ``rejected/`` at the first rejection) and check they are
+        this user's own; once per process, again only if it disappears. Raises UnsafeSpool for a directory
+        not to be used."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        for directory in (self.directory, self.inflight_dir):
+            _private_directory(directory)
+        self._fix_mode = bool(_umask() & FILE_MODE)
         self._made = True
 
     def pending(self) -> list[Path]:
         """Spooled files waiting to be sent, oldest first (claims of dead processes are released first)."""
-        if not self.directory.is_dir():
-            return []
         try:
+            if not self._ready(create=False):
+                return []
             self._release_stale_claims()
             return sorted(p for p in self.directory.glob(f"*{SUFFIX}") if _is_spooled(p.name))
         except OSError as exc:
@@ -144,6 +209,8 @@ class Spool:
         and a file seen twice is counted once.
         """
         try:
+            if not self._ready(create=False):
+                return 0
             sending = _spooled_names(self.inflight_dir)
             waiting = _spooled_names(self.directory)
             sending |= _spooled_names(self.inflight_dir)
@@ -179,9 +246,12 @@ class Spool:
             try:
                 os.rename(path, claimed)
             except FileNotFoundError:  # gone, or inflight/ removed under a running process: one more try
-                self._make_directories()
+                self._made = False
+                if not self._ready(create=True):
+                    raise
                 os.rename(path, claimed)
-            os.utime(claimed)  # the claim's age starts now, whatever the event's age
+            # the claim's age starts now, whatever the event's age (of the link itself, should it be one)
+            os.utime(claimed, follow_symlinks=os.utime not in os.supports_follow_symlinks)
         except OSError as exc:
             _unlock(lock)
             if not isinstance(exc, FileNotFoundError):
@@ -215,16 +285,54 @@ class Spool:
             self.rejected_dir,
         )
         try:
-            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+            _private_directory(self.rejected_dir)
         except OSError as exc:
             log.warning("Cannot create %s: %s", self.rejected_dir, exc)
-        self._move(path, self.rejected_dir / path.name)
+        else:
+            self._move(path, self.rejected_dir / path.name)
         _unlock(_CLAIM_LOCKS.pop(str(path), None))
+        self._prune_rejected()
+
+    def _prune_rejected(self) -> None:
+        """Keep the newest ``rejected_max_files`` rejections within ``rejected_max_bytes``; delete the rest."""
+        try:
+            entries = []
+            for entry in os.scandir(self.rejected_dir):
+                if _is_spooled(entry.name):
+                    info = entry.stat(follow_symlinks=False)
+                    entries.append((info.st_mtime, entry.name, info.st_size))
+        except OSError as exc:
+            log.warning("Cannot list %s: %s", self.rejected_dir, exc)
+            return
+        entries.sort(reverse=True)  # newest first (a rejected file's time is its claim's: when it was tried)
+        kept = size = 0
+        pruned = []
+        for _, name, bytes_ in entries:
+            if kept < self.rejected_max_files and size + bytes_ <= self.rejected_max_bytes:
+                kept += 1
+                size += bytes_
+            else:
+                pruned.append(name)
+        for name in pruned:
+            try:
+                os.unlink(self.rejected_dir / name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("Cannot prune %s: %s", self.rejected_dir / name, exc)
+        if pruned:
+            log.warning(
+                "Deleted the %d oldest rejected events in %s (it keeps at most %d files, %d bytes).",
+                len(pruned),
+                self.rejected_dir,
+                self.rejected_max_files,
+                self.rejected_max_bytes,
+            )
 
     def read(self, path: Path) -> Envelope | None:
         """The envelope stored in ``path``; None (and the file parked as rejected) when unreadable."""
         try:
-            envelope = json.loads(path.read_text(encoding="utf-8"))
+            envelope = json.loads(_read_file(path))
         except FileNotFoundError:
             _unlock(_CLAIM_LOCKS.pop(str(path), None))  # a claim taken away meanwhile
             return None
@@ -293,10 +401,16 @@ class Spool:
         log.error(message, *args)
 
 
-def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to a new file at ``path`` with as few system calls as a file allows (no buffering layer)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o666)
+def _write_file(path: str, data: bytes, fix_mode: bool = False) -> None:
+    """Write ``data`` to a new file at ``path`` (0600) with as few system calls as a file allows (no buffering layer).
+
+    ``O_EXCL`` and ``O_NOFOLLOW``: never through a link or into a file someone else made. ``fix_mode``:
+    the umask takes bits of FILE_MODE away, so the mode is set once more, explicitly.
+    """
+    fd = os.open(path, _OPEN_NEW, FILE_MODE)
     try:
+        if fix_mode:
+            os.fchmod(fd, FILE_MODE)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -306,6 +420,44 @@ def _write_file(path: str, data: bytes) -> None:
             os.unlink(path)
         raise
     os.close(fd)
+
+
+def _read_file(path: Path) -> bytes:
+    """The content of ``path``; OSError (ELOOP) when it is a symbolic link."""
+    fd = os.open(path, _OPEN_READ)
+    with os.fdopen(fd, "rb") as file:
+        return file.read()
+
+
+def _private_directory(directory: Path) -> None:
+    """Make ``directory`` (mode 0700, whatever the umask) unless it exists; UnsafeSpool when it is not ours."""
+    try:
+        os.mkdir(directory, DIR_MODE)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(directory, DIR_MODE)  # the umask may have taken bits away
+    info = os.lstat(directory)
+    if stat.S_ISLNK(info.st_mode):
+        raise UnsafeSpool(f"{directory} is a symbolic link")
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(f"{directory} is not a directory")
+    if hasattr(os, "geteuid") and info.st_uid != os.geteuid():
+        raise UnsafeSpool(f"{directory} is owned by uid {info.st_uid}, not by this process's uid {os.geteuid()}")
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _spooled_names(directory: Path) -> set[str]:
@@ -329,7 +481,7 @@ def _lock(path: Path) -> int | None:
     if fcntl is None:
         return None
     try:
-        fd = os.open(path, os.O_RDWR)  # writable: NFS emulates flock with write locks
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))  # writable: NFS emulates flock with write locks
     except FileNotFoundError:
         raise
     except OSError:

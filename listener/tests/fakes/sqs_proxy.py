@@ -4,8 +4,9 @@
 send is stuck before SQS, and the proxy keeps the connection busy with a status line that never
 ends, so the client's socket timeout never fires and only the listener's own budget (or a kill)
 ends the send. ``Gate.SWALLOW`` forwards it, so SQS has the message, and then answers like
-``HOLD``: the sender never learns that it landed. The proxy can also start closed (bound, not
-listening), so connections are refused until ``open``.
+``HOLD``: the sender never learns that it landed. ``Gate.WAIT`` holds a request before SQS until
+``release`` is called, then passes it on (a send kept in flight for as long as a test needs). The
+proxy can also start closed (bound, not listening), so connections are refused until ``open``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Gate(enum.Enum):
     PASS = "pass"
     HOLD = "hold"
     SWALLOW = "swallow"
+    WAIT = "wait"
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class SqsProxy:
         self._passes_left = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._released = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler(), bind_and_activate=False)
         self._server.block_on_close = False  # a killed sender's connection must not keep close() waiting
         self._server.server_bind()  # the port is ours; until it listens, connections are refused
@@ -63,6 +66,10 @@ class SqsProxy:
         """Pass the next ``after`` requests, then treat every later one with ``gate``."""
         with self._lock:
             self._gate, self._passes_left = gate, after
+
+    def release(self) -> None:
+        """Let the requests held at ``Gate.WAIT`` (and any later ones) pass on to SQS."""
+        self._released.set()
 
     def ids(self, gate: Gate) -> list[str]:
         """Event ids in the requests that met ``gate`` so far (SWALLOW: only once SQS has answered)."""
@@ -116,9 +123,16 @@ class SqsProxy:
                     proxy._record(event_ids, gate)
                     self._stall()
                     return
+                if gate is Gate.WAIT:
+                    proxy._record(event_ids, gate)  # seen (and in flight) from now on
+                    while not proxy._released.wait(0.01):
+                        if proxy._stopping.is_set():
+                            self.close_connection = True
+                            return
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
                 status, answer_headers, answer = proxy._forward(self.command, self.path, headers, body)
-                proxy._record(event_ids, gate)
+                if gate is not Gate.WAIT:
+                    proxy._record(event_ids, gate)
                 if gate is Gate.SWALLOW:
                     self._stall()
                     return

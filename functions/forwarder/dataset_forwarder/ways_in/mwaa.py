@@ -29,6 +29,7 @@ from dataset_forwarder.outcomes import (
 )
 from dataset_forwarder.single_flight import SingleFlight
 from dataset_forwarder.transport import Reply
+from dataset_forwarder.ways_in import AirflowMajor
 
 MAX_PATH = 64  # InvokeRestApi's limit on Path
 MAX_CALL_S = 10.0  # InvokeRestApi gives up on the webserver after 10 s
@@ -198,15 +199,10 @@ class MwaaApi:
         self._clients = clients
         self._timeout_s = timeout_s
         self._target = target
-        self._major = None if airflow == "auto" else airflow
-        self._lock = threading.Lock()
-        self._flight = SingleFlight()
+        self._major = AirflowMajor(airflow, self._probe_major)
 
     def airflow_major(self) -> str:
-        with self._lock:
-            if self._major:
-                return self._major
-        return self._flight.run("major", self._probe_major)
+        return self._major.get()
 
     def _probe_major(self) -> str:
         reply = self._invoke("GET", "/version", None, None)
@@ -223,8 +219,6 @@ class MwaaApi:
                 f"{self._spec.describe()} answered /version without an Airflow 2 or 3 version",
                 transient=False,
             )
-        with self._lock:
-            self._major = major
         return major
 
     def call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None) -> Reply:

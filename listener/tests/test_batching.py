@@ -1,0 +1,114 @@
+"""Natural batching, against moto server's SQS behind the proxy of ``tests/fakes/sqs_proxy.py``: an event
+goes out as soon as no send is in flight, and the events submitted while one is in flight go together.
+
+The proxy holds a request (``Gate.WAIT``) for as long as the test needs, so "while one is in flight"
+is a state the test observes, not a timing it hopes for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import boto3
+import pytest
+
+from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
+from tests.conftest import receive_all
+from tests.fakes.sqs_proxy import Gate, SqsProxy
+
+pytestmark = pytest.mark.integration
+
+REGION = "us-east-1"
+DEADLINE_S = 20.0  # only a failing test waits this long
+NEVER_S = 600.0  # were the sender waiting for a pause in submits, it would wait this long
+
+
+@pytest.fixture
+def proxy(moto_endpoint: str) -> Iterator[SqsProxy]:
+    endpoint = SqsProxy(moto_endpoint)
+    try:
+        yield endpoint
+    finally:
+        endpoint.release()
+        endpoint.close()
+
+
+@pytest.fixture
+def queue(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, proxy: SqsProxy, request: Any) -> Iterator[str]:
+    """A fresh queue; the listener's boto3 reaches it through the proxy."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    direct = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
+    url = direct.create_queue(QueueName=f"batching-{request.node.name[:50]}")["QueueUrl"]
+    yield url
+    direct.delete_queue(QueueUrl=url)
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {DEADLINE_S:.0f}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def started_sender(spool: Any, url: str, proxy: SqsProxy, make_envelope: Callable[..., dict[str, Any]]) -> Any:
+    """A background sender with its client built and its start-up catch-up done (one event sent)."""
+    sending = BackgroundSender(
+        Sender(SqsTransport(url), spool, budget_s=60.0), pause_s=NEVER_S, max_wait_s=NEVER_S, close_timeout_s=10.0
+    )
+    sending.submit(make_envelope(uri="s3://bucket/warm-up"))
+    wait_for(lambda: proxy.count(Gate.PASS) == 1 and spool.count() == 0, "the first event to be sent")
+    return sending
+
+
+def test_a_lone_event_goes_at_once_and_those_submitted_meanwhile_go_together(
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]], moto_endpoint: str
+) -> None:
+    sending = started_sender(spool, queue, proxy, make_envelope)
+    proxy.set_gate(Gate.WAIT)
+    first = make_envelope(second=1)
+
+    sending.submit(first)  # nothing in flight: it goes at once, alone, with no pause in submits awaited
+    wait_for(lambda: proxy.ids(Gate.WAIT) == [first["id"]], "the first event to be in flight")
+    second, third = make_envelope(second=2), make_envelope(second=3)
+    sending.submit(second)  # while the first is in flight: they wait for it, then go together
+    sending.submit(third)
+    proxy.set_gate(Gate.PASS)
+    proxy.release()
+
+    wait_for(lambda: spool.count() == 0 and len(proxy.requests) == 3, "everything to be sent")
+    assert [request.event_ids for request in proxy.requests[1:]] == [(first["id"],), (second["id"], third["id"])]
+    direct = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
+    on_queue = {json.loads(message["Body"])["id"] for message in receive_all(direct, queue)}
+    assert {first["id"], second["id"], third["id"]} <= on_queue
+    assert len(on_queue) == 4
+    sending.close()
+
+
+def test_a_burst_during_a_send_goes_in_full_batches(
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]]
+) -> None:
+    sending = started_sender(spool, queue, proxy, make_envelope)
+    proxy.set_gate(Gate.WAIT)
+    first = make_envelope(second=0, key="first")
+    sending.submit(first)
+    wait_for(lambda: proxy.ids(Gate.WAIT) == [first["id"]], "the first event to be in flight")
+
+    burst = [make_envelope(second=n % 60, key=f"burst-{n}") for n in range(25)]
+    for envelope in burst:
+        sending.submit(envelope)
+    proxy.set_gate(Gate.PASS)
+    proxy.release()
+
+    wait_for(lambda: spool.count() == 0 and len(proxy.requests) == 5, "everything to be sent")
+    assert [len(request.event_ids) for request in proxy.requests[1:]] == [1, 10, 10, 5]
+    assert [i for request in proxy.requests[2:] for i in request.event_ids] == [e["id"] for e in burst]
+    sending.close()
