@@ -33,6 +33,22 @@ def metric_total(stdout: str, name: str, target: str) -> float:
     return total
 
 
+def cli_outputs(stack: ForwarderStack, *commands: list[str]) -> str:
+    """What `dataset-forwarder` prints for each command, against this stack."""
+    from click.testing import CliRunner
+
+    from dataset_forwarder_cli.main import cli
+
+    base = ["--targets-path", stack.targets_path, "--secrets-path", stack.secrets_path]
+    base += ["--queue-url", stack.queue_url, "--dlq-url", stack.dlq_url]
+    outputs = []
+    for command in commands:
+        result = CliRunner().invoke(cli, [*base, *command], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    return "\n".join(outputs)
+
+
 # -- point 1: no target borrows another's secret -------------------------------------------------------------
 
 
@@ -82,12 +98,15 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
     stack.send(envelope(BEARS, only_targets=["team-b"]))
 
     lambda_driver.drain()
+    cli_output = cli_outputs(stack, ["targets", "list"], ["targets", "list", "--json"], ["dlq", "list", "--json"])
 
     letters = stack.dead_letters(expected=1)
     seen = "\n".join(
         [forwarder_logs.text, capsys.readouterr().out, *(json.dumps(d.attributes) + d.body for d in letters)]
     )
-    assert pasted not in seen
+    assert pasted not in seen + cli_output
+    assert "BROKEN" in cli_output  # the operator sees the target and its letter, without the value
+    assert "invalid_target" in cli_output
     assert [d.attributes["error"] for d in letters] == ["invalid_target"]
     assert "'auth.secret' must be the parameter" in letters[0].attributes["detail"]  # the reason, not the value
     assert fake.requests == []
