@@ -334,3 +334,45 @@ def test_the_did_it_land_check_stops_when_the_invocation_runs_out_of_time(
     assert took < 9  # ended inside the invocation
     assert 3 <= fake.count("GET", EVENTS) <= 8  # not 20 pages
     assert fake.count("POST", EVENTS) == 0  # never posted without having looked
+
+
+# -- the unconfirmed attribute: exactly the letters whose target may hold the pair ---------------------------
+
+
+def test_unconfirmed_marks_exactly_the_letters_whose_target_may_hold_the_pair(
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dataset_forwarder import runtime
+
+    monkeypatch.setenv("MAX_ATTEMPTS", "1")  # every try is the last: each failure is a letter at once
+    runtime.reset()
+    uris = {"lost-answer": BEARS, "lookup-timeout": "s3://bucket/lookup", "refused": "s3://bucket/refused"}
+    fakes = {}
+    for name, uri in uris.items():
+        fakes[name] = airflow("3")
+        fakes[name].add_dataset(uri)
+        stack.put_target(name, {"url": fakes[name].url, "airflow": "3", "datasets": [uri], "timeout_s": 1})
+    fakes["lost-answer"].inject(Fault(delay_s=1.6, method="POST"))  # the POST lands after we gave up on it
+    fakes["lookup-timeout"].inject(Fault(delay_s=1.6, method="GET", path_prefix="/api/v2/assets?"))  # before any POST
+    fakes["refused"].inject(Fault(status=503, method="POST"))  # answered: not there
+    lost = envelope(BEARS)
+    stack.send(lost)
+    assert lambda_driver.poll() is not None
+    stack.send(lost)  # a copy while the pair is held: told it is in flight, on its last try
+    assert lambda_driver.poll() is not None
+    stack.send(envelope(uris["lookup-timeout"]))
+    stack.send(envelope(uris["refused"]))
+    lambda_driver.drain()
+
+    letters = stack.dead_letters(expected=4)
+    marks = sorted((d.attributes["target"], d.attributes["error"], d.attributes.get(UNCONFIRMED)) for d in letters)
+    assert marks == [
+        ("lookup-timeout", "timeout", None),
+        ("lost-answer", "timeout", "true"),  # the POST lost its answer
+        ("lost-answer", "timeout", "true"),  # the copy: the first try's POST may land
+        ("refused", "http_503", None),
+    ]
+    fakes["lost-answer"].wait_for_events(1, timeout_s=5)  # and indeed it did
