@@ -65,6 +65,11 @@ class ForwarderStack:
     targets_path: str
     secrets_path: str
     sent: list[str] = field(default_factory=list)
+    # MWAA targets (DESIGN 9.1): the environments and roles the function may use, and where InvokeRestApi is
+    # (the local MWAA emulator); left out of env() while unset.
+    mwaa_environments: str = ""
+    target_role_arns: str = ""
+    mwaa_endpoint: str | None = None
 
     @classmethod
     def create(cls, session: Any, *, max_receive_count: int = 10, visibility_timeout_s: int = 30) -> ForwarderStack:
@@ -106,7 +111,15 @@ class ForwarderStack:
             "SECRETS_PATH": self.secrets_path,
             "DEAD_LETTER_QUEUE_URL": self.dlq_url,
             "IDEMPOTENCY_TABLE": self.table,
+            **self.mwaa_env(),
         }
+
+    def mwaa_env(self) -> dict[str, str]:
+        """MWAA_ENVIRONMENTS, TARGET_ROLE_ARNS and AWS_ENDPOINT_URL_MWAA, those that are set."""
+        env = {"MWAA_ENVIRONMENTS": self.mwaa_environments, "TARGET_ROLE_ARNS": self.target_role_arns}
+        if self.mwaa_endpoint:
+            env["AWS_ENDPOINT_URL_MWAA"] = self.mwaa_endpoint
+        return {key: value for key, value in env.items() if value}
 
     def put_secret(self, name: str, value: str) -> str:
         full = f"{self.secrets_path}/{name}"

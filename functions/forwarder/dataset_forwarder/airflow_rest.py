@@ -97,6 +97,10 @@ class Endpoints:
         """`send(body)`, with `partition_key` in it when this Airflow takes one (Airflow 2 never does)."""
         return send(body)
 
+    def run_exists(self, reply: Reply, run_id: str) -> bool:
+        """Whether a 409 to a trigger says a run with this id exists (rather than another clash)."""
+        return True
+
     def events_page(self, dataset: Dataset, offset: int, limit: int) -> list[dict[str, Any]]:
         params = {
             self.dataset_key: str(dataset.id),
@@ -194,6 +198,10 @@ class Airflow2(Endpoints):
 
     def run_body(self, run_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
         return {"dag_run_id": run_id, "conf": dict(conf)}
+
+    def run_exists(self, reply: Reply, run_id: str) -> bool:
+        # Airflow 2 gives the run a logical date of now: a 409 may also mean another run of that same instant.
+        return run_id.encode() in reply.content
 
 
 class Airflow3(Endpoints):

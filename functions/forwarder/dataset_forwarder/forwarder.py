@@ -202,11 +202,16 @@ class Forwarder:
         downstream = self._downstreams.get(target)
 
         def post(earlier_try: bool) -> dict[str, Any]:
-            if (earlier_try or verify_first(message, envelope)) and self._already_received(target, envelope):
-                return {"found_downstream": True}
+            unchecked = False  # an earlier try may have landed and nothing could look before this POST
+            if earlier_try or verify_first(message, envelope):
+                found = self._already_received(target, envelope)
+                if found:
+                    return {"found_downstream": True}
+                unchecked = found is None
             try:
                 posted = downstream.deliver(envelope)
             except DeliveryFailed as exc:
+                exc.may_have_landed = exc.may_have_landed or unchecked
                 if exc.may_have_landed:  # hold the pair, and wait as long before this record's own next try
                     exc.hold_s = self._hold_s(target)
                     exc.retry_after_s = max(exc.retry_after_s or 0.0, exc.hold_s)
@@ -240,7 +245,7 @@ class Forwarder:
     def _hold_s(self, target: Target) -> float:
         return max(self._settings.retry_base_delay_s / 2, HOLD_TIMEOUTS * target.timeout_s)
 
-    def _already_received(self, target: Target, envelope: Envelope) -> bool:
+    def _already_received(self, target: Target, envelope: Envelope) -> bool | None:
         # The check may page; it must end in time for the POST that may follow and the bookkeeping after it.
         deadline = time.monotonic() + self._seconds_left() - target.timeout_s - TIME_MARGIN_S
         try:
