@@ -5,8 +5,9 @@ Airflow 2.11 (`/api/v1`) and Airflow 3.3 (`/api/v2`, `/auth/token`) REST APIs a 
 version probe, asset/dataset look-up (with Airflow's case-insensitive *substring* `uri_pattern`),
 asset/dataset event creation, DAG look-up and DAG-run creation (`add_dag`, `dag_runs`), and each
 version's auth rules and status codes. Tests can inject faults (a status with Retry-After, a delay,
-a TCP reset) and read back every accepted event, every created DAG run and every request the server
-saw. Standard library only.
+a TCP reset; hostile answers: another body or headers, a body trickled byte by byte, a huge body streamed)
+and read back every accepted event, every created DAG run and every request the server saw. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ class Fault:
     method: str | None = None  # only match requests with this method (e.g. "POST"); None = any
     path_prefix: str | None = None  # only match requests whose path (with query) starts with this
     body: str | None = None  # the body sent with `status` instead of {"detail": "injected"}
+    # Hostile answers (additive): `raw_body` replaces the answer's body (with `status`, or after normal handling: the
+    # request then takes effect, e.g. a POST lands, and only its answer is hostile); `headers` are added to it.
+    raw_body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    trickle_s: float = 0.0  # write the body one byte every `trickle_s` seconds
+    body_bytes: int = 0  # a body of this many bytes, streamed from one small block (never held in memory)
+
+    @property
+    def shapes_answer(self) -> bool:
+        return self.raw_body is not None or bool(self.headers) or self.trickle_s > 0 or self.body_bytes > 0
 
     def matches(self, method: str, target: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -174,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record_request(method, target, response.status)
             self._write(response)
             return
+        fake._record_authorization(self.headers.get("Authorization"))
         fault = fake._take_fault(method, target)
         if fault is not None and fault.delay_s > 0:
             time.sleep(fault.delay_s)
@@ -181,10 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record_request(method, target, 0)
             self._reset()
             return
-        if fault is not None and fault.status is not None:
+        if fault is not None and fault.status is not None and not fault.shapes_answer:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
             payload = json.loads(fault.body) if fault.body is not None else {"detail": "injected"}
             response = _json(fault.status, payload, headers)
+        elif fault is not None and fault.status is not None:
+            response = _Response(fault.status, b"")
         else:
             split = urlsplit(target)
             request = _Request(
@@ -201,7 +215,46 @@ class _Handler(BaseHTTPRequestHandler):
                 response = _json(500, {"detail": f"fake airflow error: {exc!r}"})
         # Record before answering, so a client holding the response always finds it recorded.
         fake._record_request(method, target, response.status)
+        if fault is not None and fault.shapes_answer:
+            self._write_hostile(response, fault)
+            return
         self._write(response)
+
+    def _write_hostile(self, response: _Response, fault: Fault) -> None:
+        """Answer as `fault` shapes it: another body or headers, a trickle, or a huge body streamed."""
+        body = fault.raw_body if fault.raw_body is not None else response.body
+        length = fault.body_bytes or len(body)
+        headers = {**response.headers, **dict(fault.headers)}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(length))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Connection", "close")  # the client may stop reading: never reuse this connection
+            self.end_headers()
+            self.wfile.flush()
+            if fault.body_bytes:
+                block = (body or b" ") * max(1, 65536 // max(1, len(body or b" ")))
+                sent = 0
+                while sent < length:
+                    piece = block[: length - sent]
+                    self.wfile.write(piece)
+                    sent += len(piece)
+                    self.server.fake._streamed(len(piece))
+            elif fault.trickle_s > 0:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    self.server.fake._streamed(1)
+                    time.sleep(fault.trickle_s)
+            else:
+                self.wfile.write(body)
+        except OSError:  # the client went away: what a bounded client does
+            pass
+        self.close_connection = True
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -671,6 +724,8 @@ class FakeAirflow(_DagRuns):
         self._init_dags()
         self._faults: list[Fault] = []
         self._connections = 0
+        self._bytes_streamed = 0
+        self._authorizations: list[str | None] = []
         self._open_sockets: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -869,6 +924,26 @@ class FakeAirflow(_DagRuns):
     def _connection_closed(self, sock: socket.socket) -> None:
         with self._cond:
             self._open_sockets.discard(sock)
+
+    @property
+    def bytes_streamed(self) -> int:
+        """Body bytes written by `body_bytes` and `trickle_s` faults (what a client made the fake send)."""
+        with self._cond:
+            return self._bytes_streamed
+
+    @property
+    def authorizations(self) -> list[str | None]:
+        """The Authorization header of every request the fake handled (faulted ones included), in order."""
+        with self._cond:
+            return list(self._authorizations)
+
+    def _streamed(self, count: int) -> None:
+        with self._cond:
+            self._bytes_streamed += count
+
+    def _record_authorization(self, value: str | None) -> None:
+        with self._cond:
+            self._authorizations.append(value)
 
     def _record_request(self, method: str, target: str, status: int) -> None:
         with self._cond:

@@ -18,11 +18,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def sqs_refused_characters(text: str) -> list[str]:
+    """The characters of `text` outside SQS's documented set for message bodies and String attributes:
+    #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF (moto does not check; AWS does)."""
+    refused = []
+    for char in text:
+        code = ord(char)
+        if not (
+            code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
+        ):
+            refused.append(f"U+{code:04X}")
+    return refused
+
+
+def assert_sqs_would_accept(body: str, attributes: dict[str, str]) -> None:
+    """Fail when real SQS would refuse this message (its body or any String attribute)."""
+    problems = {name: sqs_refused_characters(value) for name, value in {"body": body, **attributes}.items()}
+    problems = {name: chars for name, chars in problems.items() if chars}
+    assert not problems, f"SQS would refuse this dead letter: {problems}"
+
+
 @dataclass
 class DeadLetterView:
     body: str
     attributes: dict[str, str]
     message_id: str
+
+    def __post_init__(self) -> None:
+        assert_sqs_would_accept(self.body, self.attributes)  # every letter a test reads is one AWS would take
 
     @property
     def envelope(self) -> Any:

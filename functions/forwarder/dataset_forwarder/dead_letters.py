@@ -39,7 +39,10 @@ class DeadLetter:
         cls, *, body: str, target: str, error: str, detail: str, attempts: int, unconfirmed: bool = False
     ) -> DeadLetter:
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        return cls(sqs_text(body), target, error, sqs_text(detail)[:MAX_DETAIL], attempts, failed_at, unconfirmed)
+        # the target may be a name from the upstream's only_targets: any character at all
+        return cls(
+            sqs_text(body), sqs_text(target), error, sqs_text(detail)[:MAX_DETAIL], attempts, failed_at, unconfirmed
+        )
 
     def attribute_values(self) -> dict[str, str]:
         values = {

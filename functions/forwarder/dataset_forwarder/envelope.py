@@ -14,6 +14,8 @@ MAX_ID_LENGTH = 256
 LINEAGE_KEY = "dataset_forwarder"
 # SQS counts body and attributes against 256 KiB; a dead letter's attributes take at most ~1.2 KiB.
 MAX_DEAD_LETTER_BODY_BYTES = 256 * 1024 - 2048
+# A replay names a few targets; more is a hostile or broken upstream (each name could cost a check or a letter).
+MAX_ONLY_TARGETS = 100
 
 
 class InvalidMessage(ValueError):
@@ -56,14 +58,14 @@ class Envelope:
             lineage["partition_key"] = self.partition_key
         return {**self.extra, LINEAGE_KEY: lineage}
 
-    def dead_letter_body(self, target: str) -> str:
-        """The body of a dead letter: this envelope, unknown fields kept, aimed at one target.
+    def dead_letter_body(self, *targets: str) -> str:
+        """The body of a dead letter: this envelope, unknown fields kept, aimed at `targets` (usually one).
 
         An envelope so close to SQS's size limit that `only_targets` would not fit is kept as it
         came: its replay then goes to every target again, and the ledger stops it at those that
         already have it.
         """
-        body = dumps({**self.raw, "only_targets": [target]})
+        body = dumps({**self.raw, "only_targets": list(targets)})
         if len(body.encode("utf-8")) > MAX_DEAD_LETTER_BODY_BYTES:
             return dumps(self.raw)
         return body
@@ -161,10 +163,12 @@ def _optional_str(data: dict[str, Any], key: str) -> str | None:
     raise InvalidMessage(f"'{key}' must be a string or null, got {type(value).__name__}")
 
 
-def _str_list(data: dict[str, Any], key: str) -> tuple[str, ...] | None:
+def _str_list(data: dict[str, Any], key: str, *, max_items: int | None = None) -> tuple[str, ...] | None:
     value = data.get(key)
     if value is None:
         return None
+    if max_items is not None and isinstance(value, list) and len(value) > max_items:
+        raise InvalidMessage(f"'{key}' names more than {max_items} targets ({len(value)} entries)")
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise InvalidMessage(f"'{key}' must be a list of non-empty strings")
     return tuple(value)
@@ -204,6 +208,6 @@ def parse_envelope(body: str) -> Envelope:
         extra=extra,
         source=source,
         trail=_str_list(data, "trail") or (),
-        only_targets=_str_list(data, "only_targets"),
+        only_targets=_str_list(data, "only_targets", max_items=MAX_ONLY_TARGETS),
         raw=data,
     )

@@ -138,7 +138,9 @@ class Forwarder:
             await asyncio.gather(
                 *(loop.run_in_executor(self._executor, self._settle, message, envelope, t) for t in plan.targets),
                 *(
-                    loop.run_in_executor(self._executor, self._reject, message, envelope, name, reason)
+                    loop.run_in_executor(
+                        self._executor, self._reject, message, envelope, name, reason, plan.names_of(name)
+                    )
                     for name, reason in plan.rejected
                 ),
             )
@@ -261,7 +263,10 @@ class Forwarder:
         target: str,
         failure: DeliveryFailed,
         context: dict[str, Any],
+        *,
+        aimed_at: tuple[str, ...] | None = None,
     ) -> Settlement:
+        """Retry, or dead-letter with a body aimed at `aimed_at` (default: the target itself)."""
         last_try = message.receive_count >= self._settings.max_attempts
         details = {**context, "error": failure.error, "detail": failure.detail}
         if failure.transient and not last_try:
@@ -275,7 +280,7 @@ class Forwarder:
             self._dead_letter(
                 message,
                 target,
-                envelope.dead_letter_body(target),
+                envelope.dead_letter_body(*(aimed_at or (target,))),
                 failure.error,
                 detail,
                 unconfirmed=failure.may_have_landed,
@@ -299,7 +304,10 @@ class Forwarder:
             log.info("failed, but already delivered by another try: not dead-lettered", extra=details)
         return delivered
 
-    def _reject(self, message: InboundMessage, envelope: Envelope, name: str, reason: str) -> Settlement:
+    def _reject(
+        self, message: InboundMessage, envelope: Envelope, name: str, reason: str, aimed_at: tuple[str, ...]
+    ) -> Settlement:
+        """One invalid_target letter for `name` (a target, or the label of all unknown names: `aimed_at`)."""
         context = {
             "event_id": envelope.id,
             "kind": envelope.kind,
@@ -308,7 +316,7 @@ class Forwarder:
             "message_id": message.message_id,
         }
         failure = DeliveryFailed(INVALID_TARGET, reason, transient=False)
-        return self._after_failure(message, envelope, name, failure, context)
+        return self._after_failure(message, envelope, name, failure, context, aimed_at=aimed_at)
 
     def _dead_letter(
         self,
