@@ -43,7 +43,7 @@ VERSION = (REPO_ROOT / "VERSION").read_text(encoding="utf-8").strip()
 WHEEL_NAME = f"airflow_dataset_forwarder_listener-{VERSION}-py3-none-any.whl"
 # What the listener README tells MWAA users to put in requirements.txt (plugins.zip holds the wheel at its top level).
 MWAA_PLUGINS_DIR = "/usr/local/airflow/plugins"
-MWAA_REQUIREMENTS = f"--find-links {MWAA_PLUGINS_DIR}\n--no-index\n{DISTRIBUTION}\n"
+MWAA_REQUIREMENTS = f"--find-links {MWAA_PLUGINS_DIR}\n--no-index\n{DISTRIBUTION}=={VERSION}\n"
 PIP = ("-m", "pip", "--disable-pip-version-check", "--no-input")
 
 
@@ -194,6 +194,12 @@ def _requirements(work: Path, plugins: Path) -> Path:
     requirements = work / "requirements.txt"
     requirements.write_text(text, encoding="utf-8")
     return requirements
+
+
+def test_readme_gives_the_tested_install_lines() -> None:
+    readme = (REPO_ROOT / "listener" / "README.md").read_text(encoding="utf-8")
+    assert f"```text\n{MWAA_REQUIREMENTS}```" in readme
+    assert f"pip install --no-cache-dir /tmp/{WHEEL_NAME}\n" in readme  # Astro and self-hosted
 
 
 def test_mwaa_requirements_install_the_wheel_from_plugins_offline(listener_wheel: Path, tmp_path: Path) -> None:
