@@ -54,6 +54,7 @@ from harness import (
     load_average,
     machine,
     run_and_record,
+    sqs_event,
     summary,
 )
 
@@ -98,29 +99,6 @@ served = time.perf_counter()
 with open(sys.argv[2], "w") as out:
     json.dump({{"import_s": imported - started, "first_record_s": served - started, "response": response}}, out)
 """
-
-
-def sqs_event(queue_arn: str) -> dict[str, Any]:
-    """One SQS record as Lambda hands it over, with a fresh event id (so it is really delivered)."""
-    import_paths()
-    from tests.fakes.envelopes import envelope
-
-    now_ms = str(int(time.time() * 1000))
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": f"cold-{uuid.uuid4().hex}",
-                "body": json.dumps(envelope(URI)),
-                "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": now_ms, "SenderId": "bench"},
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": REGION,
-            }
-        ]
-    }
 
 
 class Lab:
@@ -176,7 +154,7 @@ class Lab:
         module, directory = HANDLERS[kind]
         out = self.work / f"{kind}-{uuid.uuid4().hex}.json"
         code = CHILD.format(module=module, region=REGION)
-        event = json.dumps(sqs_event(self.queue_arn))
+        event = json.dumps(sqs_event(self.queue_arn, uri=URI))
         before = len(self.downstream.events)
         done = subprocess.run(  # noqa: S603 - this interpreter, our own code
             [python, "-c", code, event, str(out)],

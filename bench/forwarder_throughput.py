@@ -46,7 +46,6 @@ from typing import Any
 
 from harness import (
     FUNCTION_DIR,
-    REGION,
     REPO_ROOT,
     RESULTS_DIR,
     MotoServer,
@@ -55,6 +54,7 @@ from harness import (
     load_average,
     machine,
     run_and_record,
+    sqs_event,
     summary,
 )
 
@@ -155,34 +155,6 @@ class Downstream:
 # =================================================================================================== the two contenders
 
 
-def sqs_event(queue_arn: str, records: int) -> dict[str, Any]:
-    """An SQS event as Lambda's event source hands it to the function, with fresh envelope ids."""
-    from tests.fakes.envelopes import envelope
-
-    now_ms = str(int(time.time() * 1000))
-    return {
-        "Records": [
-            {
-                "messageId": str(uuid.uuid4()),
-                "receiptHandle": f"bench-{uuid.uuid4().hex}",
-                "body": json.dumps(envelope(URI)),
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": now_ms,
-                    "SenderId": "bench",
-                    "ApproximateFirstReceiveTimestamp": now_ms,
-                },
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": REGION,
-            }
-            for _ in range(records)
-        ]
-    }
-
-
 @contextlib.contextmanager
 def stdout_to(path: Path) -> Iterator[None]:
     """Point file descriptor 1 at `path`: the handler's JSON logs and EMF metrics land there, not on the table."""
@@ -212,7 +184,7 @@ class Handler:
 
     def batch(self) -> tuple[float, float]:
         """Forward one batch of fresh events; returns (wall seconds, CPU seconds of this process)."""
-        event = sqs_event(self._queue_arn, RECORDS_PER_BATCH)
+        event = sqs_event(self._queue_arn, RECORDS_PER_BATCH, uri=URI)
         context = self._context(timeout_s=60.0)
         with stdout_to(self._log_path):
             cpu, started = time.process_time(), time.perf_counter()

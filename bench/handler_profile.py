@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import cProfile
 import io
-import json
 import os
 import pstats
 import statistics
@@ -30,7 +29,16 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from harness import FUNCTION_DIR, RESULTS_DIR, MotoServer, aws_environment, import_paths, load_average, machine
+from harness import (
+    FUNCTION_DIR,
+    RESULTS_DIR,
+    MotoServer,
+    aws_environment,
+    import_paths,
+    load_average,
+    machine,
+    sqs_event,
+)
 from harness import run_and_record as record
 
 DEFAULT_OUT = RESULTS_DIR / "handler_profile.json"
@@ -48,39 +56,6 @@ def stats_ms(values: list[float]) -> dict[str, Any]:
         "p50_ms": round(statistics.median(values) * 1000, 2),
         "p95_ms": pct(values, 0.95),
         "min_ms": round(min(values) * 1000, 2),
-    }
-
-
-def record_event(queue_arn: str) -> dict[str, Any]:
-    envelope = {
-        "version": 1,
-        "id": uuid.uuid4().hex,
-        "uri": URI,
-        "extra": {"rows": 1},
-        "source": {"deployment": "bench-up"},
-        "emitted_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "trail": ["bench-up"],
-    }
-    now_ms = str(int(time.time() * 1000))
-    return {
-        "Records": [
-            {
-                "messageId": uuid.uuid4().hex,
-                "receiptHandle": uuid.uuid4().hex,
-                "body": json.dumps(envelope),
-                "attributes": {
-                    "ApproximateReceiveCount": "1",
-                    "SentTimestamp": now_ms,
-                    "SenderId": "bench",
-                    "ApproximateFirstReceiveTimestamp": now_ms,
-                },
-                "messageAttributes": {},
-                "md5OfBody": "",
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            }
-        ]
     }
 
 
@@ -126,7 +101,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         log_path = work / "handler.log"
 
         def invoke() -> tuple[float, float, float]:
-            event = record_event(queue_arn)
+            event = sqs_event(queue_arn, uri=URI)
             before = len(fake.events)
             with stdout_to(log_path):
                 started = time.monotonic()

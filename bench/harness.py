@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,35 @@ def import_paths() -> None:
     for path in (str(FUNCTION_DIR), str(REPO_ROOT / "cli"), str(REPO_ROOT)):
         if path not in sys.path:
             sys.path.insert(0, path)
+
+
+def sqs_event(queue_arn: str, records: int = 1, *, uri: str) -> dict[str, Any]:
+    """An SQS event as Lambda's event source hands it to the function: `records` envelopes for `uri`, fresh ids."""
+    import_paths()
+    from tests.fakes.envelopes import envelope  # noqa: PLC0415 - importable once the paths are set
+
+    now_ms = str(int(time.time() * 1000))
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"bench-{uuid.uuid4().hex}",
+                "body": json.dumps(envelope(uri)),
+                "attributes": {
+                    "ApproximateReceiveCount": "1",
+                    "SentTimestamp": now_ms,
+                    "SenderId": "bench",
+                    "ApproximateFirstReceiveTimestamp": now_ms,
+                },
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": REGION,
+            }
+            for _ in range(records)
+        ]
+    }
 
 
 def summary(seconds: list[float]) -> dict[str, Any]:

@@ -11,7 +11,10 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
+
+from dataset_forwarder.dead_letters import DeadLetter
 
 HOLD_S = 300  # a scan of a long DLQ must end before its first holds run out; `peek` releases them at once
 SAMPLE_HOLD_S = 30  # a bounded sample is read in seconds; released at once anyway
@@ -46,30 +49,36 @@ class RedriveIncomplete(Exception):
 
 @dataclass(frozen=True)
 class DeadLetterRecord:
+    """A dead letter as received from the DLQ: the forwarder's `DeadLetter` plus the SQS message's handles."""
+
     message_id: str
     receipt_handle: str
     body: str
     attributes: dict[str, str]
     sent_at_ms: int
 
+    @cached_property
+    def letter(self) -> DeadLetter:
+        return DeadLetter.from_message(self.body, self.attributes)
+
     @property
     def target(self) -> str:
-        return self.attributes.get("target", "?")
+        return self.letter.target
 
     @property
     def error(self) -> str:
-        return self.attributes.get("error", "?")
+        return self.letter.error
 
     @property
     def unconfirmed(self) -> bool:
-        """The target may already hold this event (its last try lost its answer): DESIGN §9.4."""
-        return self.attributes.get("unconfirmed") == "true"
+        """The target may already hold this event (its last try lost its answer): a redrive checks first."""
+        return self.letter.unconfirmed
 
-    @property
+    @cached_property
     def envelope(self) -> dict[str, Any] | None:
         try:
             data = json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -84,14 +93,15 @@ class DeadLetterRecord:
         return str(envelope.get("id", "-"))
 
     def as_dict(self) -> dict[str, Any]:
+        letter = self.letter
         return {
             "message_id": self.message_id,
-            "target": self.target,
-            "error": self.error,
-            "detail": self.attributes.get("detail", ""),
-            "attempts": self.attributes.get("attempts", ""),
-            "failed_at": self.attributes.get("failed_at", ""),
-            "unconfirmed": self.unconfirmed,
+            "target": letter.target,
+            "error": letter.error,
+            "detail": letter.detail,
+            "attempts": str(letter.attempts) if letter.attempts else self.attributes.get("attempts", ""),
+            "failed_at": letter.failed_at,
+            "unconfirmed": letter.unconfirmed,
             "uri": self.uri,
             "event_id": self.event_id,
             "body": self.envelope if self.envelope is not None else self.body,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -13,19 +12,20 @@ import click
 from dataset_forwarder.actions import ACTIONS, DEFAULT_ACTION
 from dataset_forwarder.downstream import Downstream
 from dataset_forwarder.outcomes import DeliveryFailed
+from dataset_forwarder.secrets import SecretNotFound, SecretStore
 from dataset_forwarder.targets import InvalidTarget, Target, parse_target
 from dataset_forwarder.ways_in.auth import AUTH_TYPES
 
 from .context import AppContext
 from .errors import CliError, friendly
 from .render import emit_json, shorten, table
-from .target_store import TargetStore
+from .target_parameters import TargetParameters
 
 pass_app = click.make_pass_decorator(AppContext)
 
 
-def _store(app: AppContext) -> TargetStore:
-    return TargetStore(app.client("ssm"), app.targets_path, app.secrets_path)
+def _store(app: AppContext) -> TargetParameters:
+    return TargetParameters(app.client("ssm"), app.targets_path, app.secrets_path)
 
 
 @click.group()
@@ -268,26 +268,20 @@ def disable_target(app: AppContext, name: str) -> None:
     _set_enabled(app, name, False)
 
 
-@dataclass
-class _SsmSecrets:
-    store: TargetStore
-    seen: list[str] = field(default_factory=list)
+def _secret_store(store: TargetParameters) -> SecretStore:
+    """The forwarder's own secret reader, over the CLI's SSM client: the same errors, never the value."""
+    from botocore.exceptions import ClientError
 
-    def get(self, name: str, *, fresh: bool = False) -> str:
-        from botocore.exceptions import ClientError
-
+    def fetch(name: str) -> str:
         try:
-            value = self.store.read_secret(name)
+            return store.read_secret(name)
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "error")
-            raise DeliveryFailed(
-                "auth", f"cannot read the target's secret parameter: {code}", transient=False
-            ) from None
-        self.seen.append(value)
-        return value
+            code = str(exc.response.get("Error", {}).get("Code", "error"))
+            if code in ("ParameterNotFound", "AccessDeniedException"):
+                raise SecretNotFound(code) from None
+            raise
 
-    def known_values(self) -> list[str]:
-        return list(self.seen)
+    return SecretStore(fetch, ttl_s=0)
 
 
 def _auth_hint(failure: DeliveryFailed) -> str:
@@ -296,7 +290,7 @@ def _auth_hint(failure: DeliveryFailed) -> str:
     return f"{failure.error}: {failure.detail}"
 
 
-def _downstream(app: AppContext, store: TargetStore, target: Target) -> Downstream:
+def _downstream(app: AppContext, store: TargetParameters, target: Target) -> Downstream:
     import boto3
 
     from dataset_forwarder.services import Services
@@ -307,7 +301,7 @@ def _downstream(app: AppContext, store: TargetStore, target: Target) -> Downstre
     override = bool(os.environ.get("AWS_ENDPOINT_URL_MWAA") or os.environ.get("AWS_ENDPOINT_URL"))
     services = Services(
         transport=for_targets(4, user_agent="airflow-dataset-forwarder-cli"),
-        secrets=_SsmSecrets(store),
+        secrets=_secret_store(store),
         mwaa=MwaaClients(lambda: session, endpoint_override=override),
     )
     return Downstream(target, services)

@@ -22,6 +22,7 @@ def test_defaults(tmp_path):
         queue_url=URL,
         deployment="team-a",
         include=(),
+        dag_runs=(),
         spool_dir=tmp_path / "dataset_forwarder_spool",
         spool_max=10_000,
         send_timeout_s=5.0,
@@ -40,6 +41,7 @@ def test_everything_set(tmp_path):
             config.QUEUE_URL: URL,
             config.DEPLOYMENT: "team-a",
             config.INCLUDE: " s3://a/* ,, s3://b/c ",
+            config.DAG_RUNS: "etl_* , ,reports",
             config.SPOOL_DIR: str(tmp_path / "s"),
             config.SPOOL_MAX: "7",
             config.SEND_TIMEOUT_S: "1.5",
@@ -47,6 +49,7 @@ def test_everything_set(tmp_path):
     )
 
     assert loaded.include == ("s3://a/*", "s3://b/c")
+    assert loaded.dag_runs == ("etl_*", "reports")
     assert loaded.spool_dir == tmp_path / "s"
     assert loaded.spool_max == 7
     assert loaded.send_timeout_s == 1.5

@@ -45,10 +45,12 @@ def test_envelope_has_every_field_of_design_section_3(envelope_validator):
 
     assert envelope == {
         "version": 1,
+        "kind": "asset_event",
         "id": envelope["id"],
         "uri": "s3://bucket/bears",
         "name": "bears",
         "extra": {"rows": 42},
+        "partition_key": None,
         "source": {
             "deployment": "team-a-prod",
             "airflow_version": "3.3.2",

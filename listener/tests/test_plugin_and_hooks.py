@@ -120,6 +120,23 @@ def test_airflow_3_2_plus_forwards_asset_events_with_extra_and_source(monkeypatc
     assert envelope["trail"] == ["team-a-prod"]
 
 
+def test_airflow_3_2_plus_carries_the_asset_event_s_partition_key(monkeypatch, configured, envelope_validator):
+    plugin, manager = load_plugin(monkeypatch, "3.3.2")
+    [listener] = plugin.DatasetForwarderPlugin.listeners
+    client = StubSqs()
+    use_stub(listener, client)
+
+    manager.hook.on_asset_event_emitted(asset_event=asset_event(partition_key="2026-12-06|eu"))
+    manager.hook.on_asset_event_emitted(asset_event=asset_event())
+    listener.sender.close(timeout_s=5)
+
+    envelopes = [json.loads(body) for body in client.bodies]
+    assert [e["partition_key"] for e in envelopes] == ["2026-12-06|eu", None]
+    assert [e["kind"] for e in envelopes] == ["asset_event", "asset_event"]
+    for envelope in envelopes:
+        envelope_validator.validate(envelope)
+
+
 def test_airflow_3_loop_guard_and_include_filter(monkeypatch, configured):
     monkeypatch.setenv(config.INCLUDE, "s3://bucket/*")
     plugin, manager = load_plugin(monkeypatch, "3.3.2")
@@ -244,8 +261,7 @@ def forwarding_manager(af2):
 
 def close_background(forwarding_manager):
     """Let the manager's background sender send what it has (close waits for that, within its budget)."""
-    if forwarding_manager.module._background is not None:
-        forwarding_manager.module._background.close(timeout_s=5)
+    forwarding_manager.listener.background.close(timeout_s=5)
 
 
 def bears():

@@ -333,6 +333,23 @@ class TestAirflow3ApiServer:
 
         assert event["source_map_index"] == -1, event  # Airflow's column default; the envelope says null
 
+    def test_partition_key_is_carried(self, af3_live: Live, moto: MotoSqs, validator: Draft202012Validator) -> None:
+        deployment = af3_live.deployment
+        asset = deployment.find_asset(BEARS)
+        assert asset is not None
+        body = {"asset_id": asset["id"], "extra": {"rows": 9}, "partition_key": "2026-12-06|eu"}
+        event = deployment.api_json("POST", "/api/v2/assets/events", json=body)
+
+        [message] = moto.wait_for(
+            af3_live.queue, bool, what=f"partitioned event {event['id']}", diagnose=deployment.logs
+        )
+        assert message.body["partition_key"] == "2026-12-06|eu", message.body
+        assert message.body["kind"] == "asset_event", message.body
+        check_envelope(
+            message, validator, deployment, uri=BEARS, extra={"rows": 9, "from_rest_api": True},
+            dag_id=None, task_id=None, run_id=None, map_index=None, trail=[AF3_NAME],
+        )  # fmt: skip
+
     def test_loop_guard_and_include_filter(
         self, af3_live: Live, moto: MotoSqs, validator: Draft202012Validator
     ) -> None:

@@ -8,7 +8,8 @@ The hook API differs between releases, and so does what the envelope can carry:
 - 2.10: the task's dataset events, extra included (set here through `outlet_events`);
 - 2.9: the same hook path; `outlet_events` does not exist yet, so the event's extra is empty.
 On 2.x the forwarding dataset manager is configured too (2.9 has an instance method, 2.10+ a classmethod): the
-task's event still goes out once.
+task's event still goes out once. `DATASET_FORWARDER_DAG_RUNS` names the producer, so its run's outcome goes out too,
+as one `dag_run` envelope (the DAG-run hooks have the same signature on every release).
 """
 
 from __future__ import annotations
@@ -80,12 +81,21 @@ def test_release_forwards_the_producer_s_event(
     ) as deployment:
         # Airflow 2: with the forwarding dataset manager too, which must leave task events to the hook.
         manager = {"AIRFLOW__CORE__DATASET_MANAGER_CLASS": MANAGER} if version.startswith("2.") else {}
-        run = dags_test(deployment, "producer", **target(queue, spool, **manager))
+        run = dags_test(
+            deployment, "producer", **target(queue, spool, DATASET_FORWARDER_DAG_RUNS="producer", **manager)
+        )
 
         assert run.done.returncode == 0, run.tail()
         assert run.run_state == "success", run.tail()
-        messages = moto.drain(queue)  # `dags test` has exited: what it sent is on the queue
-        assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())  # FISH: not included
+        received = moto.drain(queue)  # `dags test` has exited: what it sent is on the queue
+        runs = [m for m in received if m.body.get("kind") == "dag_run"]
+        messages = [m for m in received if m.body.get("kind") != "dag_run"]
+        assert [m.uri for m in messages] == [BEARS], ([m.body for m in received], run.tail())  # FISH: not included
+        assert [m.uri for m in runs] == [f"dagrun://{name}/producer/success"], ([m.body for m in received], run.tail())
+        run_errors = [e.message for e in envelope_validator().iter_errors(runs[0].body)]
+        assert not run_errors, (run_errors, runs[0].body)
+        assert runs[0].body["extra"]["run_id"] == producer_run_id(run)
+        assert runs[0].body["source"]["airflow_version"] == version
         body = messages[0].body
         errors = [e.message for e in envelope_validator().iter_errors(body)]
         assert not errors, (errors, body)

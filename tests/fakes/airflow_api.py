@@ -3,9 +3,11 @@
 `FakeAirflow` runs a real HTTP/1.1 (keep-alive) server on 127.0.0.1 that imitates the parts of the
 Airflow 2.11 (`/api/v1`) and Airflow 3.3 (`/api/v2`, `/auth/token`) REST APIs a forwarder uses: the
 version probe, asset/dataset look-up (with Airflow's case-insensitive *substring* `uri_pattern`),
-asset/dataset event creation, and each version's auth rules and status codes. Tests can inject
-faults (a status with Retry-After, a delay, a TCP reset) and read back every accepted event and
-every request the server saw. Standard library only.
+asset/dataset event creation, DAG look-up and DAG-run creation (`add_dag`, `dag_runs`), and each
+version's auth rules and status codes. Tests can inject faults (a status with Retry-After, a delay,
+a TCP reset; hostile answers: another body or headers, a body trickled byte by byte, a huge body streamed)
+and read back every accepted event, every created DAG run and every request the server saw. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import socket
 import socketserver
 import struct
@@ -28,7 +31,7 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
-__all__ = ["AIRFLOW2_VERSION", "AIRFLOW3_VERSION", "FakeAirflow", "Fault", "ReceivedEvent"]
+__all__ = ["AIRFLOW2_VERSION", "AIRFLOW3_VERSION", "CreatedDagRun", "FakeAirflow", "Fault", "ReceivedEvent"]
 
 AIRFLOW2_VERSION = "2.11.2"
 AIRFLOW3_VERSION = "3.3.2"
@@ -55,6 +58,17 @@ class Fault:
     reset: bool = False  # abort the TCP connection with RST (SO_LINGER 0) without responding
     method: str | None = None  # only match requests with this method (e.g. "POST"); None = any
     path_prefix: str | None = None  # only match requests whose path (with query) starts with this
+    body: str | None = None  # the body sent with `status` instead of {"detail": "injected"}
+    # Hostile answers (additive): `raw_body` replaces the answer's body (with `status`, or after normal handling: the
+    # request then takes effect, e.g. a POST lands, and only its answer is hostile); `headers` are added to it.
+    raw_body: bytes | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    trickle_s: float = 0.0  # write the body one byte every `trickle_s` seconds
+    body_bytes: int = 0  # a body of this many bytes, streamed from one small block (never held in memory)
+
+    @property
+    def shapes_answer(self) -> bool:
+        return self.raw_body is not None or bool(self.headers) or self.trickle_s > 0 or self.body_bytes > 0
 
     def matches(self, method: str, target: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -171,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record_request(method, target, response.status)
             self._write(response)
             return
+        fake._record_authorization(self.headers.get("Authorization"))
         fault = fake._take_fault(method, target)
         if fault is not None and fault.delay_s > 0:
             time.sleep(fault.delay_s)
@@ -178,9 +193,12 @@ class _Handler(BaseHTTPRequestHandler):
             fake._record_request(method, target, 0)
             self._reset()
             return
-        if fault is not None and fault.status is not None:
+        if fault is not None and fault.status is not None and not fault.shapes_answer:
             headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
-            response = _json(fault.status, {"detail": "injected"}, headers)
+            payload = json.loads(fault.body) if fault.body is not None else {"detail": "injected"}
+            response = _json(fault.status, payload, headers)
+        elif fault is not None and fault.status is not None:
+            response = _Response(fault.status, b"")
         else:
             split = urlsplit(target)
             request = _Request(
@@ -197,7 +215,46 @@ class _Handler(BaseHTTPRequestHandler):
                 response = _json(500, {"detail": f"fake airflow error: {exc!r}"})
         # Record before answering, so a client holding the response always finds it recorded.
         fake._record_request(method, target, response.status)
+        if fault is not None and fault.shapes_answer:
+            self._write_hostile(response, fault)
+            return
         self._write(response)
+
+    def _write_hostile(self, response: _Response, fault: Fault) -> None:
+        """Answer as `fault` shapes it: another body or headers, a trickle, or a huge body streamed."""
+        body = fault.raw_body if fault.raw_body is not None else response.body
+        length = fault.body_bytes or len(body)
+        headers = {**response.headers, **dict(fault.headers)}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        try:
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(length))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Connection", "close")  # the client may stop reading: never reuse this connection
+            self.end_headers()
+            self.wfile.flush()
+            if fault.body_bytes:
+                block = (body or b" ") * max(1, 65536 // max(1, len(body or b" ")))
+                sent = 0
+                while sent < length:
+                    piece = block[: length - sent]
+                    self.wfile.write(piece)
+                    sent += len(piece)
+                    self.server.fake._streamed(len(piece))
+            elif fault.trickle_s > 0:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    self.server.fake._streamed(1)
+                    time.sleep(fault.trickle_s)
+            else:
+                self.wfile.write(body)
+        except OSError:  # the client went away: what a bounded client does
+            pass
+        self.close_connection = True
 
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -259,7 +316,369 @@ class _Server(ThreadingHTTPServer):
         self.server_port = self.server_address[1]
 
 
-class FakeAirflow:
+# --------------------------------------------------------------------------------------------- DAGs and DAG runs
+# What the trigger_dag action uses: GET /api/vN/dags/{dag_id} and POST /api/vN/dags/{dag_id}/dagRuns, as Airflow
+# 2.11 (connexion + marshmallow, problem+json errors) and 3.3 (FastAPI + pydantic) answer them.
+
+ALLOWED_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]+$")  # [scheduler] allowed_run_id_pattern default
+_V3_TRIGGER_FIELDS = (
+    "dag_run_id",
+    "data_interval_start",
+    "data_interval_end",
+    "logical_date",
+    "run_after",
+    "conf",
+    "note",
+    "partition_key",
+)  # TriggerDAGRunPostBody (extra="forbid")
+_V2_TRIGGER_FIELDS = (
+    "dag_run_id",
+    "logical_date",
+    "execution_date",
+    "conf",
+    "note",
+    "data_interval_start",
+    "data_interval_end",
+)  # DAGRunSchema's loadable fields (unknown fields rejected)
+
+
+@dataclass
+class _Dag:
+    dag_id: str
+    paused: bool
+    partitioned: bool
+
+
+@dataclass(frozen=True)
+class CreatedDagRun:
+    """A DAG run the fake created (through the REST API, or seeded)."""
+
+    dag_id: str
+    run_id: str
+    conf: dict[str, Any]
+    logical_date: str | None  # as the answer shows it (Airflow 3: null when the request sent null)
+    body: Any  # the request's JSON body as sent (None when seeded)
+    authorization: str | None
+    partition_key: str | None = None
+    received_at: float = field(default_factory=time.monotonic)
+
+
+class _DagRuns:
+    """The DAG part of FakeAirflow (a mixin: its state lives in the same lock as the rest)."""
+
+    version: str
+    username: str
+    _cond: threading.Condition
+
+    def _init_dags(self) -> None:
+        self._dags: dict[str, _Dag] = {}
+        self._dag_runs: list[CreatedDagRun] = []
+
+    # -- set-up and observation
+
+    def add_dag(self, dag_id: str, *, paused: bool = False, partitioned: bool = False) -> None:
+        """Declare a DAG (active, parsed without import errors); re-adding one updates it."""
+        with self._cond:
+            self._dags[dag_id] = _Dag(dag_id, paused, partitioned)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        with self._cond:
+            self._dags[dag_id].paused = paused
+
+    def remove_dag(self, dag_id: str) -> None:
+        with self._cond:
+            self._dags.pop(dag_id, None)
+
+    def seed_dag_run(self, dag_id: str, run_id: str, conf: dict[str, Any] | None = None) -> None:
+        """A run that exists already (as if triggered earlier), without HTTP."""
+        with self._cond:
+            self._dag_runs.append(CreatedDagRun(dag_id, run_id, dict(conf or {}), None, None, None))
+            self._cond.notify_all()
+
+    @property
+    def dag_runs(self) -> list[CreatedDagRun]:
+        with self._cond:
+            return list(self._dag_runs)
+
+    def runs_for(self, dag_id: str) -> list[CreatedDagRun]:
+        with self._cond:
+            return [run for run in self._dag_runs if run.dag_id == dag_id]
+
+    def wait_for_dag_runs(self, n: int, timeout_s: float = 10.0) -> list[CreatedDagRun]:
+        """Wait until at least `n` runs exist and return them all; AssertionError on timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while len(self._dag_runs) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    got = [(run.dag_id, run.run_id) for run in self._dag_runs]
+                    raise AssertionError(f"expected at least {n} DAG run(s) within {timeout_s}s, got {got}")
+                self._cond.wait(remaining)
+            return list(self._dag_runs)
+
+    # -- routing: a route for /api/vN/dags/{dag_id}[/dagRuns], or None
+
+    def _dag_route(self, path: str) -> _Route | None:
+        prefix = "/api/v2/dags/" if self.version == "3" else "/api/v1/dags/"
+        if not path.startswith(prefix):
+            return None
+        rest = path[len(prefix) :].split("/")
+        if len(rest) == 1 and rest[0]:
+            return {"GET": (True, self._get_dag)}
+        if len(rest) == 2 and rest[0] and rest[1] == "dagRuns":
+            return {"POST": (True, self._post_dag_run)}
+        return None
+
+    @staticmethod
+    def _dag_id_of(request: _Request) -> str:
+        return unquote(request.path.split("/")[4])
+
+    def _dag(self, dag_id: str) -> _Dag | None:
+        with self._cond:
+            dag = self._dags.get(dag_id)
+            return None if dag is None else _Dag(dag.dag_id, dag.paused, dag.partitioned)
+
+    # -- GET /dags/{dag_id}
+
+    def _get_dag(self, request: _Request) -> _Response:
+        dag_id = self._dag_id_of(request)
+        dag = self._dag(dag_id)
+        if self.version == "3":
+            if dag is None:
+                return _json(404, {"detail": f"The Dag with ID: `{dag_id}` was not found"})
+            return _json(
+                200,
+                {
+                    "dag_id": dag.dag_id,
+                    "dag_display_name": dag.dag_id,
+                    "is_paused": dag.paused,
+                    "is_stale": False,
+                    "has_import_errors": False,
+                    "timetable_partitioned": dag.partitioned,
+                    "fileloc": f"/dags/{dag.dag_id}.py",
+                    "owners": ["airflow"],
+                    "tags": [],
+                },
+            )
+        if dag is None:
+            return _problem(404, "DAG not found", f"The DAG with dag_id: {dag_id} was not found", "NotFound")
+        return _json(
+            200,
+            {
+                "dag_id": dag.dag_id,
+                "dag_display_name": dag.dag_id,
+                "is_paused": dag.paused,
+                "is_active": True,
+                "is_subdag": False,
+                "has_import_errors": False,
+                "fileloc": f"/dags/{dag.dag_id}.py",
+                "owners": ["airflow"],
+                "tags": [],
+            },
+        )
+
+    # -- POST /dags/{dag_id}/dagRuns
+
+    def _post_dag_run(self, request: _Request) -> _Response:
+        return self._v3_trigger(request) if self.version == "3" else self._v2_trigger(request)
+
+    def _create_run(self, run: CreatedDagRun) -> bool:
+        """Record the run unless this DAG has one with its run id (the unique constraint)."""
+        with self._cond:
+            if any(r.dag_id == run.dag_id and r.run_id == run.run_id for r in self._dag_runs):
+                return False
+            self._dag_runs.append(run)
+            self._cond.notify_all()
+            return True
+
+    def _v3_trigger(self, request: _Request) -> _Response:
+        data = _parse_json(request.body)
+        if data is _NO_JSON:
+            error = {"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": {}}
+            return _json(422, {"detail": [error]})
+        errors = self._v3_trigger_errors(data)
+        if errors:
+            return _json(422, {"detail": errors})
+        dag_id = self._dag_id_of(request)
+        dag = self._dag(dag_id)
+        if dag is None:
+            return _json(404, {"detail": f"Dag with dag_id: '{dag_id}' not found"})
+        now = datetime.now(UTC)
+        partition_key = data.get("partition_key")
+        if partition_key is not None and not dag.partitioned:
+            detail = f"Dag '{dag_id}' is not a partitioned Dag and does not accept a partition_key."
+            return _json(400, {"detail": detail})
+        logical_date = data.get("logical_date")
+        run_id = data.get("dag_run_id") or f"manual__{_timestamp(now, zulu=False)}"
+        problem = _run_id_problem(run_id)
+        if problem:
+            return _json(400, {"detail": problem})
+        conf = data.get("conf") or {}
+        run = CreatedDagRun(dag_id, run_id, dict(conf), logical_date, data, request.authorization, partition_key)
+        if not self._create_run(run):
+            return _json(
+                409,
+                {
+                    "detail": {
+                        "reason": "Unique constraint violation",
+                        "statement": "hidden",
+                        "orig_error": "hidden",
+                        "message": "Serious error when handling your request. Check logs for more details - "
+                        "you will find it in api server when you look for ID fake0123",
+                    }
+                },
+            )
+        stamp = _timestamp(now, zulu=True)
+        return _json(
+            200,
+            {
+                "dag_run_id": run_id,
+                "dag_id": dag_id,
+                "logical_date": logical_date,
+                "queued_at": stamp,
+                "start_date": None,
+                "end_date": None,
+                "duration": None,
+                "data_interval_start": logical_date,
+                "data_interval_end": logical_date,
+                "run_after": stamp,
+                "last_scheduling_decision": None,
+                "run_type": "manual",
+                "state": "queued",
+                "triggered_by": "rest_api",
+                "triggering_user_name": self.username,
+                "conf": conf,
+                "note": data.get("note"),
+                "dag_versions": [],
+                "bundle_version": None,
+                "dag_display_name": dag_id,
+                "partition_key": partition_key,
+                "partition_date": None,
+            },
+        )
+
+    @staticmethod
+    def _v3_trigger_errors(data: Any) -> list[dict[str, Any]]:
+        """Pydantic validation of TriggerDAGRunPostBody: logical_date required (nullable), extra fields forbidden."""
+        if not isinstance(data, dict):
+            return [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ["body"],
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": data,
+                }
+            ]
+        errors: list[dict[str, Any]] = []
+        if "logical_date" not in data:
+            errors.append({"type": "missing", "loc": ["body", "logical_date"], "msg": "Field required", "input": data})
+        elif data["logical_date"] is not None and not _aware_timestamp(data["logical_date"]):
+            errors.append(
+                {
+                    "type": "timezone_aware",
+                    "loc": ["body", "logical_date"],
+                    "msg": "Input should have timezone info",
+                    "input": data["logical_date"],
+                }
+            )
+        for key in ("dag_run_id", "note", "partition_key"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                errors.append(
+                    {
+                        "type": "string_type",
+                        "loc": ["body", key],
+                        "msg": "Input should be a valid string",
+                        "input": data[key],
+                    }
+                )
+        if data.get("conf") is not None and not isinstance(data["conf"], dict):
+            errors.append(
+                {
+                    "type": "dict_type",
+                    "loc": ["body", "conf"],
+                    "msg": "Input should be a valid dictionary",
+                    "input": data["conf"],
+                }
+            )
+        for key in data:
+            if key not in _V3_TRIGGER_FIELDS:
+                errors.append(
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ["body", key],
+                        "msg": "Extra inputs are not permitted",
+                        "input": data[key],
+                    }
+                )
+        return errors
+
+    def _v2_trigger(self, request: _Request) -> _Response:
+        dag_id = self._dag_id_of(request)
+        dag = self._dag(dag_id)
+        if dag is None:  # 2.11 looks the DAG up before it reads the body
+            return _problem(404, "DAG not found", f"DAG with dag_id: '{dag_id}' not found", "NotFound")
+        data = _parse_json(request.body)
+        if data is _NO_JSON:
+            return _problem(400, "Bad Request", "Request body is not valid JSON", "BadRequest")
+        if not isinstance(data, dict):
+            return _problem(400, "Bad Request", "{'_schema': ['Invalid input type.']}", "BadRequest")
+        unknown = {key: ["Unknown field."] for key in data if key not in _V2_TRIGGER_FIELDS}
+        if unknown:
+            return _problem(400, "Bad Request", str(unknown), "BadRequest")
+        now = datetime.now(UTC)
+        logical_date = data.get("logical_date") or data.get("execution_date") or _timestamp(now, zulu=False)
+        run_id = data.get("dag_run_id")
+        if run_id is None:
+            run_id = f"manual__{logical_date}"
+        if not isinstance(run_id, str):
+            return _problem(400, "Bad Request", "{'dag_run_id': ['Not a valid string.']}", "BadRequest")
+        problem = _run_id_problem(run_id)
+        if problem:
+            return _problem(400, "Bad Request", problem, "BadRequest")
+        raw_conf = data.get("conf")
+        conf = json.loads(raw_conf) if isinstance(raw_conf, str) else (raw_conf or {})
+        run = CreatedDagRun(dag_id, run_id, dict(conf), logical_date, data, request.authorization)
+        if not self._create_run(run):
+            detail = f"DAGRun with DAG ID: '{dag_id}' and DAGRun ID: '{run_id}' already exists"
+            return _problem(409, "Conflict", detail, "AlreadyExists")
+        return _json(
+            200,
+            {
+                "conf": conf,
+                "dag_id": dag_id,
+                "dag_run_id": run_id,
+                "data_interval_end": logical_date,
+                "data_interval_start": logical_date,
+                "end_date": None,
+                "execution_date": logical_date,
+                "external_trigger": True,
+                "last_scheduling_decision": None,
+                "logical_date": logical_date,
+                "note": data.get("note"),
+                "run_type": "manual",
+                "start_date": None,
+                "state": "queued",
+            },
+        )
+
+
+def _aware_timestamp(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).tzinfo is not None
+    except ValueError:
+        return False
+
+
+def _run_id_problem(run_id: str) -> str | None:
+    """DagRun.validate_run_id: the run id must match [scheduler] allowed_run_id_pattern."""
+    if ALLOWED_RUN_ID_PATTERN.match(run_id) and ".." not in run_id:
+        return None
+    return f"The run_id provided '{run_id}' does not match regex pattern '{ALLOWED_RUN_ID_PATTERN.pattern}'"
+
+
+class FakeAirflow(_DagRuns):
     """A fake Airflow 2.11 (`version="2"`) or 3.3 (`version="3"`) REST API on 127.0.0.1.
 
     Use as a context manager (`with FakeAirflow(...) as airflow:`) or call start()/stop().
@@ -276,7 +695,10 @@ class FakeAirflow:
         password: str = "admin-pw",
         jwt_secret: str = "fake-jwt-secret",
         jwt_ttl_s: int = 86400,
+        release: str | None = None,
     ) -> None:
+        """`release`: the version GET /version reports (default 2.11.2 / 3.3.2); a 3.x before 3.2 forbids
+        `partition_key` in asset events, as Airflow 3.0 and 3.1 do."""
         if version not in ("2", "3"):
             raise ValueError(f"version must be '2' or '3', not {version!r}")
         if auth not in AUTH_MODES:
@@ -284,6 +706,7 @@ class FakeAirflow:
         if version == "2" and auth == "airflow-token":
             raise ValueError("auth='airflow-token' (JWT from /auth/token) exists on Airflow 3 only")
         self.version = version
+        self.release = release or (AIRFLOW3_VERSION if version == "3" else AIRFLOW2_VERSION)
         self.auth = auth
         self.username = username
         self.jwt_ttl_s = jwt_ttl_s
@@ -298,8 +721,11 @@ class FakeAirflow:
         self._events: list[ReceivedEvent] = []
         self._numbered_by_uri: dict[str, list[tuple[int, ReceivedEvent]]] = {}  # (list id, event) per dataset
         self._requests: list[tuple[str, str, int]] = []
+        self._init_dags()
         self._faults: list[Fault] = []
         self._connections = 0
+        self._bytes_streamed = 0
+        self._authorizations: list[str | None] = []
         self._open_sockets: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -499,6 +925,26 @@ class FakeAirflow:
         with self._cond:
             self._open_sockets.discard(sock)
 
+    @property
+    def bytes_streamed(self) -> int:
+        """Body bytes written by `body_bytes` and `trickle_s` faults (what a client made the fake send)."""
+        with self._cond:
+            return self._bytes_streamed
+
+    @property
+    def authorizations(self) -> list[str | None]:
+        """The Authorization header of every request the fake handled (faulted ones included), in order."""
+        with self._cond:
+            return list(self._authorizations)
+
+    def _streamed(self, count: int) -> None:
+        with self._cond:
+            self._bytes_streamed += count
+
+    def _record_authorization(self, value: str | None) -> None:
+        with self._cond:
+            self._authorizations.append(value)
+
     def _record_request(self, method: str, target: str, status: int) -> None:
         with self._cond:
             self._requests.append((method, target, status))
@@ -579,7 +1025,7 @@ class FakeAirflow:
             "/api/v2/assets": {"GET": (True, self._v3_list_assets)},
             "/api/v2/assets/events": {"POST": (True, self._v3_create_event), "GET": (True, self._v3_list_events)},
         }
-        route = routes.get(path)
+        route = routes.get(path) or self._dag_route(path)
         asset_prefix = "/api/v2/assets/"
         if route is None and path.startswith(asset_prefix) and path[len(asset_prefix) :].isdigit():
             route = {"GET": (True, self._v3_get_asset)}
@@ -642,8 +1088,7 @@ class FakeAirflow:
         return _json(401, {"detail": "Invalid credentials"})
 
     def _version_response(self, request: _Request) -> _Response:
-        version = AIRFLOW3_VERSION if self.version == "3" else AIRFLOW2_VERSION
-        return _json(200, {"version": version, "git_version": None})
+        return _json(200, {"version": self.release, "git_version": None})
 
     def _health_response(self, request: _Request) -> _Response:
         beat = _timestamp(datetime.now(UTC), zulu=self.version == "3")
@@ -758,8 +1203,10 @@ class FakeAirflow:
             },
         )
 
-    @staticmethod
-    def _v3_event_errors(data: Any) -> list[dict[str, Any]]:
+    def _takes_partitions(self) -> bool:
+        return tuple(int(part) for part in self.release.split(".")[:2]) >= (3, 2)
+
+    def _v3_event_errors(self, data: Any) -> list[dict[str, Any]]:
         """Pydantic-style validation of CreateAssetEventsBody (extra="forbid")."""
         if not isinstance(data, dict):
             return [
@@ -801,8 +1248,9 @@ class FakeAirflow:
                     "input": partition_key,
                 }
             )
+        allowed = ("asset_id", "extra", "partition_key") if self._takes_partitions() else ("asset_id", "extra")
         for key in data:
-            if key not in ("asset_id", "extra", "partition_key"):
+            if key not in allowed:
                 errors.append(
                     {
                         "type": "extra_forbidden",
@@ -827,7 +1275,7 @@ class FakeAirflow:
                 "/api/v1/datasets": {"GET": (True, self._v2_list_datasets)},
                 "/api/v1/datasets/events": {"POST": (True, self._v2_create_event), "GET": (True, self._v2_list_events)},
             }
-            route = routes.get(path)
+            route = routes.get(path) or self._dag_route(path)
             if route is None and path.startswith("/api/v1/datasets/") and len(path) > len("/api/v1/datasets/"):
                 route = {"GET": (True, self._v2_get_dataset)}
         not_found = _problem(

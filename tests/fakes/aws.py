@@ -18,11 +18,34 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def sqs_refused_characters(text: str) -> list[str]:
+    """The characters of `text` outside SQS's documented set for message bodies and String attributes:
+    #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF (moto does not check; AWS does)."""
+    refused = []
+    for char in text:
+        code = ord(char)
+        if not (
+            code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD or 0x10000 <= code <= 0x10FFFF
+        ):
+            refused.append(f"U+{code:04X}")
+    return refused
+
+
+def assert_sqs_would_accept(body: str, attributes: dict[str, str]) -> None:
+    """Fail when real SQS would refuse this message (its body or any String attribute)."""
+    problems = {name: sqs_refused_characters(value) for name, value in {"body": body, **attributes}.items()}
+    problems = {name: chars for name, chars in problems.items() if chars}
+    assert not problems, f"SQS would refuse this dead letter: {problems}"
+
+
 @dataclass
 class DeadLetterView:
     body: str
     attributes: dict[str, str]
     message_id: str
+
+    def __post_init__(self) -> None:
+        assert_sqs_would_accept(self.body, self.attributes)  # every letter a test reads is one AWS would take
 
     @property
     def envelope(self) -> Any:
@@ -42,6 +65,11 @@ class ForwarderStack:
     targets_path: str
     secrets_path: str
     sent: list[str] = field(default_factory=list)
+    # MWAA targets (DESIGN 9.1): the environments and roles the function may use, and where InvokeRestApi is
+    # (the local MWAA emulator); left out of env() while unset.
+    mwaa_environments: str = ""
+    target_role_arns: str = ""
+    mwaa_endpoint: str | None = None
 
     @classmethod
     def create(cls, session: Any, *, max_receive_count: int = 10, visibility_timeout_s: int = 30) -> ForwarderStack:
@@ -83,7 +111,15 @@ class ForwarderStack:
             "SECRETS_PATH": self.secrets_path,
             "DEAD_LETTER_QUEUE_URL": self.dlq_url,
             "IDEMPOTENCY_TABLE": self.table,
+            **self.mwaa_env(),
         }
+
+    def mwaa_env(self) -> dict[str, str]:
+        """MWAA_ENVIRONMENTS, TARGET_ROLE_ARNS and AWS_ENDPOINT_URL_MWAA, those that are set."""
+        env = {"MWAA_ENVIRONMENTS": self.mwaa_environments, "TARGET_ROLE_ARNS": self.target_role_arns}
+        if self.mwaa_endpoint:
+            env["AWS_ENDPOINT_URL_MWAA"] = self.mwaa_endpoint
+        return {key: value for key, value in env.items() if value}
 
     def put_secret(self, name: str, value: str) -> str:
         full = f"{self.secrets_path}/{name}"

@@ -166,3 +166,154 @@ def test_wait_for_events(v3: FakeAirflow, http: requests.Session) -> None:
         assert [event.uri for event in v3.wait_for_events(1, timeout_s=2)] == [BEARS]
     finally:
         poster.join()
+
+
+# --------------------------------------------------------------------------------------------- DAGs and DAG runs
+
+
+def test_v3_dag_run_is_created_with_its_id_and_conf_and_a_null_logical_date(http: requests.Session) -> None:
+    with FakeAirflow("3", auth="bearer", token="t1") as fake:
+        fake.add_dag("consumer")
+        url = f"{fake.url}/api/v2/dags/consumer/dagRuns"
+        body = {"dag_run_id": "dataset_forwarder__e1", "logical_date": None, "conf": {"k": "v"}}
+
+        unauthenticated = http.post(url, json=body)
+        created = http.post(url, json=body, headers={"Authorization": "Bearer t1"})
+
+        assert unauthenticated.status_code == 401
+        assert created.status_code == 200
+        answer = created.json()
+        assert (answer["dag_run_id"], answer["dag_id"], answer["logical_date"]) == (
+            "dataset_forwarder__e1",
+            "consumer",
+            None,
+        )
+        assert (answer["state"], answer["run_type"], answer["conf"]) == ("queued", "manual", {"k": "v"})
+        (run,) = fake.dag_runs
+        assert (run.dag_id, run.run_id, run.conf, run.logical_date) == (
+            "consumer",
+            "dataset_forwarder__e1",
+            {"k": "v"},
+            None,
+        )
+        assert run.body == body
+        assert run.authorization == "Bearer t1"
+
+
+def test_v3_trigger_body_is_strict_and_logical_date_is_required(http: requests.Session) -> None:
+    with FakeAirflow("3") as fake:
+        fake.add_dag("consumer")
+        url = f"{fake.url}/api/v2/dags/consumer/dagRuns"
+
+        missing = http.post(url, json={"dag_run_id": "r1", "conf": {}})
+        extra = http.post(url, json={"dag_run_id": "r1", "logical_date": None, "execution_date": None})
+        naive = http.post(url, json={"dag_run_id": "r1", "logical_date": "2026-12-06T00:00:00"})
+        bad_conf = http.post(url, json={"dag_run_id": "r1", "logical_date": None, "conf": [1]})
+        not_json = http.post(url, data=b"{", headers={"Content-Type": "application/json"})
+
+        assert missing.status_code == 422
+        assert [(e["type"], e["loc"]) for e in missing.json()["detail"]] == [("missing", ["body", "logical_date"])]
+        assert extra.status_code == 422
+        assert [(e["type"], e["loc"]) for e in extra.json()["detail"]] == [
+            ("extra_forbidden", ["body", "execution_date"])
+        ]
+        assert naive.status_code == 422
+        assert bad_conf.status_code == 422
+        assert not_json.status_code == 422
+        assert fake.dag_runs == []
+
+
+def test_v3_duplicate_run_id_is_409_unknown_dag_404_bad_run_id_400(http: requests.Session) -> None:
+    with FakeAirflow("3") as fake:
+        fake.add_dag("consumer")
+        fake.add_dag("other")
+        body = {"dag_run_id": "r1", "logical_date": None}
+
+        first = http.post(f"{fake.url}/api/v2/dags/consumer/dagRuns", json=body)
+        again = http.post(f"{fake.url}/api/v2/dags/consumer/dagRuns", json={**body, "conf": {"x": 1}})
+        same_id_other_dag = http.post(f"{fake.url}/api/v2/dags/other/dagRuns", json=body)
+        unknown = http.post(f"{fake.url}/api/v2/dags/nope/dagRuns", json=body)
+        bad_id = http.post(
+            f"{fake.url}/api/v2/dags/consumer/dagRuns", json={"dag_run_id": "a/b c", "logical_date": None}
+        )
+        partition = http.post(
+            f"{fake.url}/api/v2/dags/consumer/dagRuns",
+            json={"dag_run_id": "r2", "logical_date": None, "partition_key": "p"},
+        )
+
+        assert (first.status_code, again.status_code, same_id_other_dag.status_code) == (200, 409, 200)
+        assert again.json()["detail"]["reason"] == "Unique constraint violation"
+        assert (unknown.status_code, unknown.json()) == (404, {"detail": "Dag with dag_id: 'nope' not found"})
+        assert bad_id.status_code == 400
+        assert partition.status_code == 400
+        assert [(r.dag_id, r.run_id, r.conf) for r in fake.dag_runs] == [("consumer", "r1", {}), ("other", "r1", {})]
+
+
+def test_v2_dag_run_is_created_409_on_a_duplicate_404_on_an_unknown_dag(http: requests.Session) -> None:
+    with FakeAirflow("2", auth="basic") as fake:
+        fake.add_dag("consumer")
+        auth = ("admin", "admin-pw")
+        url = f"{fake.url}/api/v1/dags/consumer/dagRuns"
+        body = {"dag_run_id": "dataset_forwarder__e1", "conf": {"k": "v"}}
+
+        denied = http.post(url, json=body)
+        created = http.post(url, json=body, auth=auth)
+        again = http.post(url, json=body, auth=auth)
+        unknown = http.post(f"{fake.url}/api/v1/dags/nope/dagRuns", json=body, auth=auth)
+        unknown_field = http.post(url, json={"dag_run_id": "r2", "partition_key": "p"}, auth=auth)
+        bad_id = http.post(url, json={"dag_run_id": "a b"}, auth=auth)
+
+        assert denied.status_code == 403
+        assert created.status_code == 200
+        answer = created.json()
+        assert (answer["dag_run_id"], answer["conf"], answer["state"]) == (
+            "dataset_forwarder__e1",
+            {"k": "v"},
+            "queued",
+        )
+        assert answer["logical_date"] == answer["execution_date"] is not None
+        assert again.status_code == 409
+        assert again.headers["Content-Type"] == "application/problem+json"
+        assert (
+            again.json()["detail"]
+            == "DAGRun with DAG ID: 'consumer' and DAGRun ID: 'dataset_forwarder__e1' already exists"
+        )
+        assert (unknown.status_code, unknown.json()["title"]) == (404, "DAG not found")
+        assert unknown_field.status_code == 400
+        assert "partition_key" in unknown_field.json()["detail"]
+        assert bad_id.status_code == 400
+        (run,) = fake.runs_for("consumer")
+        assert (run.run_id, run.conf) == ("dataset_forwarder__e1", {"k": "v"})
+
+
+@pytest.mark.parametrize(("version", "root"), [("2", "/api/v1"), ("3", "/api/v2")])
+def test_get_dag_tells_whether_it_is_paused(version: str, root: str, http: requests.Session) -> None:
+    with FakeAirflow(version) as fake:
+        fake.add_dag("consumer", paused=True)
+        fake.add_dag("a.b-c_d")
+
+        paused = http.get(f"{fake.url}{root}/dags/consumer")
+        active = http.get(f"{fake.url}{root}/dags/{quote('a.b-c_d', safe='')}")
+        missing = http.get(f"{fake.url}{root}/dags/nope")
+        fake.set_paused("consumer", False)
+        unpaused = http.get(f"{fake.url}{root}/dags/consumer")
+
+        assert (paused.status_code, paused.json()["dag_id"], paused.json()["is_paused"]) == (200, "consumer", True)
+        assert (active.json()["dag_id"], active.json()["is_paused"]) == ("a.b-c_d", False)
+        assert missing.status_code == 404
+        assert unpaused.json()["is_paused"] is False
+
+
+def test_a_paused_dag_still_gets_its_run_and_a_seeded_run_makes_a_409(http: requests.Session) -> None:
+    with FakeAirflow("3") as fake:
+        fake.add_dag("consumer", paused=True)
+        fake.seed_dag_run("consumer", "dataset_forwarder__old")
+
+        paused = http.post(f"{fake.url}/api/v2/dags/consumer/dagRuns", json={"dag_run_id": "r1", "logical_date": None})
+        seeded = http.post(
+            f"{fake.url}/api/v2/dags/consumer/dagRuns",
+            json={"dag_run_id": "dataset_forwarder__old", "logical_date": None},
+        )
+
+        assert (paused.status_code, seeded.status_code) == (200, 409)
+        assert [run.run_id for run in fake.wait_for_dag_runs(2, timeout_s=1)] == ["dataset_forwarder__old", "r1"]

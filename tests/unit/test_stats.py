@@ -207,3 +207,23 @@ def test_flush_uses_the_powertools_namespace_when_set(
     (document,) = emf_documents(capsys.readouterr().out)
     (directive,) = document["_aws"]["CloudWatchMetrics"]
     assert directive["Namespace"] == "CustomSpace"
+
+
+def test_counts_with_a_kind_also_flush_one_document_per_event_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    stats = Stats()
+    stats.count(DELIVERED, "team-b", kind="asset_event")
+    stats.count(DELIVERED, "team-c", kind="dag_run")
+    stats.count(DELIVERED, "team-b", kind="dag_run")
+    stats.count(DEAD_LETTERED, "team-c", kind="dag_run")
+
+    stats.flush()
+
+    documents = emf_documents(capsys.readouterr().out)
+    by_kind = {document["kind"]: document for document in documents if "kind" in document}
+    assert set(by_kind) == {"asset_event", "dag_run"}
+    assert dimensions(by_kind["dag_run"]) == [["kind"]]
+    assert values(by_kind["dag_run"], DELIVERED) == [2.0]
+    assert values(by_kind["dag_run"], DEAD_LETTERED) == [1.0]
+    assert values(by_kind["asset_event"], DELIVERED) == [1.0]
+    by_target = {document.get("target"): document for document in documents if "target" in document}
+    assert values(by_target["team-b"], DELIVERED) == [2.0]  # the per-target counts are unchanged

@@ -7,8 +7,9 @@ Paths are relative to the REST root, so the same endpoints serve HTTPS and MWAA.
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -20,8 +21,12 @@ if TYPE_CHECKING:
     from .transport import Reply
     from .ways_in import RestApi
 
+log = logging.getLogger(__name__)
+
 PAGE_SIZE = 100  # Airflow's default maximum_page_limit
 MAX_PAGES = 20
+# Airflow accepts `partition_key` in asset events and DAG-run triggers from 3.2 on (3.0/3.1 forbid the field: 422).
+PARTITIONS_SINCE = (3, 2)
 
 
 @dataclass(frozen=True)
@@ -82,11 +87,19 @@ class Endpoints:
     def dataset(self, uri: str) -> Dataset | None:
         raise NotImplementedError
 
-    def post_event(self, uri: str, extra: Mapping[str, Any]) -> Posted:
+    def post_event(self, uri: str, extra: Mapping[str, Any], partition_key: str | None = None) -> Posted:
         raise NotImplementedError
 
-    def run_body(self, run_id: str, conf: Mapping[str, Any], partition_key: str | None) -> dict[str, Any]:
+    def run_body(self, run_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def with_partition(self, send: Callable[[dict[str, Any]], Reply], body: dict[str, Any], key: str | None) -> Reply:
+        """`send(body)`, with `partition_key` in it when this Airflow takes one (Airflow 2 never does)."""
+        return send(body)
+
+    def run_exists(self, reply: Reply, run_id: str) -> bool:
+        """Whether a 409 to a trigger says a run with this id exists (rather than another clash)."""
+        return True
 
     def events_page(self, dataset: Dataset, offset: int, limit: int) -> list[dict[str, Any]]:
         params = {
@@ -120,7 +133,10 @@ class Endpoints:
         return dag if isinstance(dag, dict) else None
 
     def trigger(self, dag_id: str, run_id: str, conf: Mapping[str, Any], partition_key: str | None) -> Reply:
-        return self.api.call("POST", dag_runs_path(dag_id), body=self.run_body(run_id, conf, partition_key))
+        path = dag_runs_path(dag_id)
+        return self.with_partition(
+            lambda body: self.api.call("POST", path, body=body), self.run_body(run_id, conf), partition_key
+        )
 
 
 def dag_runs_path(dag_id: str) -> str:
@@ -167,7 +183,7 @@ class Airflow2(Endpoints):
             offset += len(page)
         return None
 
-    def post_event(self, uri: str, extra: Mapping[str, Any]) -> Posted:
+    def post_event(self, uri: str, extra: Mapping[str, Any], partition_key: str | None = None) -> Posted:
         reply = self.api.call("POST", "/datasets/events", body={"dataset_uri": uri, "extra": extra})
         if 200 <= reply.status_code <= 299:
             return Posted(reply.status_code, self.name, answer_id(reply))
@@ -180,8 +196,12 @@ class Airflow2(Endpoints):
             )
         raise self.api.failure(reply, "POST /datasets/events")
 
-    def run_body(self, run_id: str, conf: Mapping[str, Any], partition_key: str | None) -> dict[str, Any]:
-        return {"dag_run_id": run_id, "conf": dict(conf)}  # Airflow 2 has no partitions
+    def run_body(self, run_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
+        return {"dag_run_id": run_id, "conf": dict(conf)}
+
+    def run_exists(self, reply: Reply, run_id: str) -> bool:
+        # Airflow 2 gives the run a logical date of now: a 409 may also mean another run of that same instant.
+        return run_id.encode() in reply.content
 
 
 class Airflow3(Endpoints):
@@ -196,6 +216,7 @@ class Airflow3(Endpoints):
         self._lock = threading.Lock()
         self._ids: dict[str, Any] = {}
         self._flight = SingleFlight()  # concurrent first deliveries of one uri make one lookup
+        self._takes_partitions: bool | None = None  # from GET /version, asked once an event carries a key
 
     def dataset(self, uri: str) -> Dataset | None:
         """The asset whose uri is exactly `uri` (its id is cached), or None."""
@@ -223,7 +244,7 @@ class Airflow3(Endpoints):
                 return None
         return None
 
-    def post_event(self, uri: str, extra: Mapping[str, Any]) -> Posted:
+    def post_event(self, uri: str, extra: Mapping[str, Any], partition_key: str | None = None) -> Posted:
         with self._lock:
             asset_id = self._ids.get(uri)
         from_cache = asset_id is not None
@@ -237,7 +258,11 @@ class Airflow3(Endpoints):
                         transient=False,
                     )
                 asset_id = asset.id
-            reply = self.api.call("POST", "/assets/events", body={"asset_id": asset_id, "extra": extra})
+            reply = self.with_partition(
+                lambda body: self.api.call("POST", "/assets/events", body=body),
+                {"asset_id": asset_id, "extra": extra},
+                partition_key,
+            )
             if 200 <= reply.status_code <= 299:
                 return Posted(reply.status_code, self.name, answer_id(reply))
             if reply.status_code != 404:
@@ -257,9 +282,51 @@ class Airflow3(Endpoints):
             asset_id = self._ids.get(uri)
         return Dataset(asset_id, ()) if asset_id is not None else self.dataset(uri)
 
-    def run_body(self, run_id: str, conf: Mapping[str, Any], partition_key: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}
-        return body
+    def run_body(self, run_id: str, conf: Mapping[str, Any]) -> dict[str, Any]:
+        return {"dag_run_id": run_id, "logical_date": None, "conf": dict(conf)}
+
+    def with_partition(self, send: Callable[[dict[str, Any]], Reply], body: dict[str, Any], key: str | None) -> Reply:
+        """Airflow 3.2+ takes `partition_key`; 3.0/3.1 forbid it, and a DAG that is not partitioned refuses one.
+
+        Where it cannot go in the request, the key still reaches the downstream in the extra's (or conf's)
+        `dataset_forwarder` block, and the log says so once per target. A refusal that names the partition key
+        is answered by sending once more without it (a 4xx created nothing), and remembered: never a 422 loop.
+        """
+        if key is None or not self._partitions_taken():
+            return send(body)
+        reply = send({**body, "partition_key": key})
+        if reply.status_code in (400, 422) and b"partition" in reply.content.lower():
+            self._stop_partitions("it refused the partition key")
+            return send(body)
+        return reply
+
+    def _partitions_taken(self) -> bool:
+        with self._lock:
+            known = self._takes_partitions
+        if known is not None:
+            return known
+        reply = self.api.call("GET", "/version")
+        try:
+            version = str(reply.json()["version"]) if reply.status_code == 200 else ""
+            release = tuple(int(part) for part in version.split(".")[:2])
+        except (ValueError, KeyError, TypeError):
+            release = ()
+        if release and release >= PARTITIONS_SINCE:
+            with self._lock:
+                self._takes_partitions = True
+            return True
+        self._stop_partitions(f"Airflow {version or 'of unknown version'} takes no partition key (3.2+ does)")
+        return False
+
+    def _stop_partitions(self, why: str) -> None:
+        with self._lock:
+            first = self._takes_partitions is not False
+            self._takes_partitions = False
+        if first:
+            log.warning(
+                "partition keys go to this target only in the dataset_forwarder block of the extra or conf",
+                extra={"target": self.target, "why": why},
+            )
 
 
 def endpoints_for(api: RestApi, target: str) -> Endpoints:

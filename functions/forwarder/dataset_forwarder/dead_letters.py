@@ -1,7 +1,8 @@
-"""Dead letters (DESIGN.md §6): one DLQ message per failed (event, target), with the reason."""
+"""Dead letters: one DLQ message per failed (event, target), with the reason (README, "Dead letters")."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,15 @@ from .envelope import sqs_text
 from .outcomes import MAX_DETAIL
 
 NO_TARGET = "-"
-UNCONFIRMED = "unconfirmed"
+# The String message attributes of a dead letter: this module writes and reads them, nobody else.
+TARGET, ERROR, DETAIL, ATTEMPTS, FAILED_AT, UNCONFIRMED = (
+    "target",
+    "error",
+    "detail",
+    "attempts",
+    "failed_at",
+    "unconfirmed",
+)
 
 
 @dataclass(frozen=True)
@@ -30,19 +39,43 @@ class DeadLetter:
         cls, *, body: str, target: str, error: str, detail: str, attempts: int, unconfirmed: bool = False
     ) -> DeadLetter:
         failed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        return cls(sqs_text(body), target, error, sqs_text(detail)[:MAX_DETAIL], attempts, failed_at, unconfirmed)
+        # the target may be a name from the upstream's only_targets: any character at all
+        return cls(
+            sqs_text(body), sqs_text(target), error, sqs_text(detail)[:MAX_DETAIL], attempts, failed_at, unconfirmed
+        )
 
-    def message_attributes(self) -> dict[str, dict[str, str]]:
+    def attribute_values(self) -> dict[str, str]:
         values = {
-            "target": self.target,
-            "error": self.error,
-            "detail": self.detail or "-",
-            "attempts": str(self.attempts),
-            "failed_at": self.failed_at,
+            TARGET: self.target,
+            ERROR: self.error,
+            DETAIL: self.detail or "-",
+            ATTEMPTS: str(self.attempts),
+            FAILED_AT: self.failed_at,
         }
         if self.unconfirmed:
             values[UNCONFIRMED] = "true"
-        return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}
+        return values
+
+    def message_attributes(self) -> dict[str, dict[str, str]]:
+        return {key: {"DataType": "String", "StringValue": value} for key, value in self.attribute_values().items()}
+
+    @classmethod
+    def from_message(cls, body: str, attributes: Mapping[str, str]) -> DeadLetter:
+        """A letter read back from the DLQ (`attributes`: name → StringValue); unknown values read as `?`/empty."""
+        try:
+            attempts = int(attributes.get(ATTEMPTS, "0"))
+        except ValueError:
+            attempts = 0
+        detail = attributes.get(DETAIL, "")
+        return cls(
+            body=body,
+            target=attributes.get(TARGET, "?"),
+            error=attributes.get(ERROR, "?"),
+            detail="" if detail == "-" else detail,
+            attempts=attempts,
+            failed_at=attributes.get(FAILED_AT, ""),
+            unconfirmed=attributes.get(UNCONFIRMED) == "true",
+        )
 
 
 class DeadLetterQueue:

@@ -54,7 +54,8 @@ class Downstream:
     def deliver(self, envelope: Envelope) -> Posted:
         return self.target.action.deliver(self.endpoints(), envelope)
 
-    def already_received(self, envelope: Envelope, *, deadline: float) -> bool:
+    def already_received(self, envelope: Envelope, *, deadline: float) -> bool | None:
+        """Whether an earlier try landed; None when only `deliver` itself can tell (its answer says so)."""
         return self.target.action.already_received(self.endpoints(), envelope, deadline=deadline)
 
     def access(self) -> Access:

@@ -1,4 +1,5 @@
-"""The envelope v1 (DESIGN.md §3): parse an SQS body, build what downstream and the DLQ receive."""
+"""The envelope v1, the listener's SQS message (its JSON Schema: events/envelope.schema.json): parse an SQS body,
+build what downstream and the DLQ receive."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ MAX_ID_LENGTH = 256
 LINEAGE_KEY = "dataset_forwarder"
 # SQS counts body and attributes against 256 KiB; a dead letter's attributes take at most ~1.2 KiB.
 MAX_DEAD_LETTER_BODY_BYTES = 256 * 1024 - 2048
+# A replay names a few targets; more is a hostile or broken upstream (each name could cost a check or a letter).
+MAX_ONLY_TARGETS = 100
 
 
 class InvalidMessage(ValueError):
@@ -49,18 +52,20 @@ class Envelope:
         return parse_time(self.raw.get("emitted_at"))
 
     def downstream_extra(self) -> dict[str, Any]:
-        """The extra posted downstream: the upstream extra plus our lineage key."""
-        lineage = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        """The extra posted downstream: the upstream extra plus our lineage key (with the partition key, if any)."""
+        lineage: dict[str, Any] = {"id": self.id, "source": self.source, "trail": list(self.trail)}
+        if self.partition_key is not None:  # also where a downstream that takes no partition key can read it
+            lineage["partition_key"] = self.partition_key
         return {**self.extra, LINEAGE_KEY: lineage}
 
-    def dead_letter_body(self, target: str) -> str:
-        """The body of a dead letter: this envelope, unknown fields kept, aimed at one target.
+    def dead_letter_body(self, *targets: str) -> str:
+        """The body of a dead letter: this envelope, unknown fields kept, aimed at `targets` (usually one).
 
         An envelope so close to SQS's size limit that `only_targets` would not fit is kept as it
         came: its replay then goes to every target again, and the ledger stops it at those that
         already have it.
         """
-        body = dumps({**self.raw, "only_targets": [target]})
+        body = dumps({**self.raw, "only_targets": list(targets)})
         if len(body.encode("utf-8")) > MAX_DEAD_LETTER_BODY_BYTES:
             return dumps(self.raw)
         return body
@@ -158,10 +163,12 @@ def _optional_str(data: dict[str, Any], key: str) -> str | None:
     raise InvalidMessage(f"'{key}' must be a string or null, got {type(value).__name__}")
 
 
-def _str_list(data: dict[str, Any], key: str) -> tuple[str, ...] | None:
+def _str_list(data: dict[str, Any], key: str, *, max_items: int | None = None) -> tuple[str, ...] | None:
     value = data.get(key)
     if value is None:
         return None
+    if max_items is not None and isinstance(value, list) and len(value) > max_items:
+        raise InvalidMessage(f"'{key}' names more than {max_items} targets ({len(value)} entries)")
     if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
         raise InvalidMessage(f"'{key}' must be a list of non-empty strings")
     return tuple(value)
@@ -201,6 +208,6 @@ def parse_envelope(body: str) -> Envelope:
         extra=extra,
         source=source,
         trail=_str_list(data, "trail") or (),
-        only_targets=_str_list(data, "only_targets"),
+        only_targets=_str_list(data, "only_targets", max_items=MAX_ONLY_TARGETS),
         raw=data,
     )

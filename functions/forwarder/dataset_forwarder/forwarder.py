@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .dead_letters import NO_TARGET, DeadLetter, DeadLetterQueue
@@ -41,10 +42,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DELIVERED_OUTCOME = "delivered"
-DUPLICATE_OUTCOME = "duplicate"
-DEAD_LETTERED_OUTCOME = "dead_lettered"
-RETRY_OUTCOME = "retry"
+
+class Outcome(StrEnum):
+    """What happened to one (record, target) in one try."""
+
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"  # delivered before (ledger), or the target already had it
+    DEAD_LETTERED = "dead_lettered"
+    RETRY = "retry"
+
+
 WORST_CASE_CALLS = 2  # a delivery may need a lookup (version, asset or token) before its POST
 TIME_MARGIN_S = 3.0
 # After a POST that may have landed, other copies of the pair wait (and its own retry waits) at least this many
@@ -71,7 +78,7 @@ class Settlement:
     """What happened to one (record, target) in this try."""
 
     target: str
-    outcome: str
+    outcome: Outcome
     error: str | None = None
     detail: str = ""
     retry_after_s: float | None = None
@@ -123,7 +130,7 @@ class Forwarder:
             planned = await loop.run_in_executor(self._executor, self._plan, message)
         except TargetsUnavailable as exc:
             log.error("targets unavailable; the record will be retried", extra={"error": str(exc)})
-            await self._retry(message, [Settlement("*", RETRY_OUTCOME, CONNECTION, str(exc))])
+            await self._retry(message, [Settlement("*", Outcome.RETRY, CONNECTION, str(exc))])
         if planned is None:
             return []
         envelope, plan = planned
@@ -131,12 +138,14 @@ class Forwarder:
             await asyncio.gather(
                 *(loop.run_in_executor(self._executor, self._settle, message, envelope, t) for t in plan.targets),
                 *(
-                    loop.run_in_executor(self._executor, self._reject, message, envelope, name, reason)
+                    loop.run_in_executor(
+                        self._executor, self._reject, message, envelope, name, reason, plan.names_of(name)
+                    )
                     for name, reason in plan.rejected
                 ),
             )
         )
-        pending = [s for s in settlements if s.outcome == RETRY_OUTCOME]
+        pending = [s for s in settlements if s.outcome == Outcome.RETRY]
         if pending:
             await self._retry(message, pending)
         return settlements
@@ -154,12 +163,17 @@ class Forwarder:
             self._dead_letter(message, NO_TARGET, message.body, INVALID_MESSAGE, str(exc))
             return None
         plan = route(envelope, self._targets.catalog())
-        context = {"event_id": envelope.id, "uri": envelope.uri, "message_id": message.message_id}
+        context = {
+            "event_id": envelope.id,
+            "kind": envelope.kind,
+            "uri": envelope.uri,
+            "message_id": message.message_id,
+        }
         for name in plan.looped:
-            self._stats.count(LOOP_SKIPPED, name)
+            self._stats.count(LOOP_SKIPPED, name, kind=envelope.kind)
             log.info("target already in the trail, not delivered (loop guard)", extra={**context, "target": name})
         if plan.empty:
-            self._stats.count(UNROUTED)
+            self._stats.count(UNROUTED, kind=envelope.kind)
             log.info("no target matches the event", extra=context)
             return None
         return envelope, plan
@@ -167,6 +181,7 @@ class Forwarder:
     def _settle(self, message: InboundMessage, envelope: Envelope, target: Target) -> Settlement:
         context = {
             "event_id": envelope.id,
+            "kind": envelope.kind,
             "uri": envelope.uri,
             "target": target.name,
             "message_id": message.message_id,
@@ -174,7 +189,7 @@ class Forwarder:
         }
         if message.receive_count > 1 and self._ledger.dead_lettered(message.message_id, target.name):
             log.info("already dead-lettered by an earlier try of this record", extra=context)
-            return Settlement(target.name, DEAD_LETTERED_OUTCOME)
+            return Settlement(target.name, Outcome.DEAD_LETTERED)
         # A delivery cut off by the Lambda timeout would fail the whole batch: start none that may not finish.
         needed_s = WORST_CASE_CALLS * target.timeout_s + TIME_MARGIN_S
         if self._seconds_left() < needed_s:
@@ -187,11 +202,16 @@ class Forwarder:
         downstream = self._downstreams.get(target)
 
         def post(earlier_try: bool) -> dict[str, Any]:
-            if (earlier_try or verify_first(message, envelope)) and self._already_received(target, envelope):
-                return {"found_downstream": True}
+            unchecked = False  # an earlier try may have landed and nothing could look before this POST
+            if earlier_try or verify_first(message, envelope):
+                found = self._already_received(target, envelope)
+                if found:
+                    return {"found_downstream": True}
+                unchecked = found is None
             try:
                 posted = downstream.deliver(envelope)
             except DeliveryFailed as exc:
+                exc.may_have_landed = exc.may_have_landed or unchecked
                 if exc.may_have_landed:  # hold the pair, and wait as long before this record's own next try
                     exc.hold_s = self._hold_s(target)
                     exc.retry_after_s = max(exc.retry_after_s or 0.0, exc.hold_s)
@@ -211,21 +231,21 @@ class Forwarder:
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
         else:
             if replayed or result.get("found_downstream"):
-                self._stats.count(DUPLICATE, target.name)
+                self._stats.count(DUPLICATE, target.name, kind=envelope.kind)
                 why = "the target already has it" if not replayed else "already delivered to this target"
                 log.info(f"{why}, not posted again", extra=context)
-                return Settlement(target.name, DUPLICATE_OUTCOME)
+                return Settlement(target.name, Outcome.DUPLICATE)
             latency_ms = (time.monotonic() - started) * 1000
-            self._stats.count(DELIVERED, target.name)
+            self._stats.count(DELIVERED, target.name, kind=envelope.kind)
             self._stats.latency(target.name, latency_ms)
             log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
-            return Settlement(target.name, DELIVERED_OUTCOME)
+            return Settlement(target.name, Outcome.DELIVERED)
         return self._after_failure(message, envelope, target.name, failure, context)
 
     def _hold_s(self, target: Target) -> float:
         return max(self._settings.retry_base_delay_s / 2, HOLD_TIMEOUTS * target.timeout_s)
 
-    def _already_received(self, target: Target, envelope: Envelope) -> bool:
+    def _already_received(self, target: Target, envelope: Envelope) -> bool | None:
         # The check may page; it must end in time for the POST that may follow and the bookkeeping after it.
         deadline = time.monotonic() + self._seconds_left() - target.timeout_s - TIME_MARGIN_S
         try:
@@ -243,30 +263,34 @@ class Forwarder:
         target: str,
         failure: DeliveryFailed,
         context: dict[str, Any],
+        *,
+        aimed_at: tuple[str, ...] | None = None,
     ) -> Settlement:
+        """Retry, or dead-letter with a body aimed at `aimed_at` (default: the target itself)."""
         last_try = message.receive_count >= self._settings.max_attempts
         details = {**context, "error": failure.error, "detail": failure.detail}
         if failure.transient and not last_try:
-            self._stats.count(RETRIED, target)
+            self._stats.count(RETRIED, target, kind=envelope.kind)
             log.warning("delivery failed, will retry", extra=details)
-            return Settlement(target, RETRY_OUTCOME, failure.error, failure.detail, failure.retry_after_s)
+            return Settlement(target, Outcome.RETRY, failure.error, failure.detail, failure.retry_after_s)
         if self._delivered_before(envelope.id, target, details):
-            return Settlement(target, DUPLICATE_OUTCOME)
+            return Settlement(target, Outcome.DUPLICATE)
         detail = failure.detail
         try:
             self._dead_letter(
                 message,
                 target,
-                envelope.dead_letter_body(target),
+                envelope.dead_letter_body(*(aimed_at or (target,))),
                 failure.error,
                 detail,
                 unconfirmed=failure.may_have_landed,
+                kind=envelope.kind,
             )
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
-            return Settlement(target, RETRY_OUTCOME, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
+            return Settlement(target, Outcome.RETRY, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
         log.error("delivery failed, dead-lettered", extra={**details, "unconfirmed": failure.may_have_landed})
-        return Settlement(target, DEAD_LETTERED_OUTCOME, failure.error, detail)
+        return Settlement(target, Outcome.DEAD_LETTERED, failure.error, detail)
 
     def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
         """Whether another copy or an earlier try delivered the pair this try failed on: then no dead letter."""
@@ -276,17 +300,34 @@ class Forwarder:
             log.warning("cannot read the ledger before dead-lettering", extra=details, exc_info=True)
             return False
         if delivered:
-            self._stats.count(DUPLICATE, target)
+            self._stats.count(DUPLICATE, target, kind=details.get("kind"))
             log.info("failed, but already delivered by another try: not dead-lettered", extra=details)
         return delivered
 
-    def _reject(self, message: InboundMessage, envelope: Envelope, name: str, reason: str) -> Settlement:
-        context = {"event_id": envelope.id, "uri": envelope.uri, "target": name, "message_id": message.message_id}
+    def _reject(
+        self, message: InboundMessage, envelope: Envelope, name: str, reason: str, aimed_at: tuple[str, ...]
+    ) -> Settlement:
+        """One invalid_target letter for `name` (a target, or the label of all unknown names: `aimed_at`)."""
+        context = {
+            "event_id": envelope.id,
+            "kind": envelope.kind,
+            "uri": envelope.uri,
+            "target": name,
+            "message_id": message.message_id,
+        }
         failure = DeliveryFailed(INVALID_TARGET, reason, transient=False)
-        return self._after_failure(message, envelope, name, failure, context)
+        return self._after_failure(message, envelope, name, failure, context, aimed_at=aimed_at)
 
     def _dead_letter(
-        self, message: InboundMessage, target: str, body: str, error: str, detail: str, *, unconfirmed: bool = False
+        self,
+        message: InboundMessage,
+        target: str,
+        body: str,
+        error: str,
+        detail: str,
+        *,
+        unconfirmed: bool = False,
+        kind: str | None = None,
     ) -> None:
         letter = DeadLetter.now(
             body=body,
@@ -300,7 +341,7 @@ class Forwarder:
             message.message_id, target, lambda: {"dead_letter_id": self._dead_letters.send(letter)}
         )
         if not replayed:
-            self._stats.count(DEAD_LETTERED, target)
+            self._stats.count(DEAD_LETTERED, target, kind=kind)
 
     async def _retry(self, message: InboundMessage, pending: list[Settlement]) -> NoReturn:
         retry_after = max((s.retry_after_s or 0.0 for s in pending), default=0.0)

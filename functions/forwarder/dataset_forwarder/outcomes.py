@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ BODY_EXCERPT = 300
 MAX_RETRY_AFTER_S = 86400.0  # a longer Retry-After is nonsense; the caller caps lower anyway
 TRANSIENT_STATUSES = frozenset({408, 429})
 
-# The dead-letter `error` values of DESIGN.md §6 that are not http_NNN.
+# The dead-letter `error` values that are not http_NNN (README, "Dead letters").
 TIMEOUT = "timeout"
 CONNECTION = "connection"
 UNKNOWN_DATASET = "unknown_dataset"
@@ -144,8 +145,9 @@ def retry_delay_s(
     cap_s: int,
     rng: random.Random | None = None,
 ) -> int:
-    """Visibility delay before the next try: exponential with jitter, at least Retry-After, capped."""
+    """Visibility delay before the next try: exponential with jitter, at least Retry-After (rounded up), capped."""
     backoff: float = base_s * 2 ** min(max(0, receive_count - 1), 30)
     jitter: float = (rng or random).uniform(0, backoff / 2)
     delay = min(float(cap_s), max(backoff / 2 + jitter, retry_after_s or 0.0))
-    return round(delay)
+    # SQS takes whole seconds: never below Retry-After (a hold of 2.5 s must not become 2 s)
+    return math.ceil(delay) if delay == retry_after_s else round(delay)

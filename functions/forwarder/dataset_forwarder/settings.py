@@ -77,7 +77,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the function reads from its environment (DESIGN.md §5), validated."""
+    """Everything the function reads from its environment (the README's configuration table), validated."""
 
     dead_letter_queue_url: str
     idempotency_table: str

@@ -1,4 +1,5 @@
-"""Per-invocation delivery counters, flushed as CloudWatch EMF metrics with a `target` dimension."""
+"""Per-invocation delivery counters, flushed as CloudWatch EMF metrics: per `target`, and per event `kind`
+(`asset_event`, `dag_run`) for the counts of what happened to events."""
 
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[tuple[str | None, str], int] = defaultdict(int)
+        self._kind_counts: dict[tuple[str, str], int] = defaultdict(int)
         self._latencies: dict[str, list[float]] = defaultdict(list)
 
-    def count(self, metric: str, target: str | None = None, value: int = 1) -> None:
+    def count(self, metric: str, target: str | None = None, value: int = 1, *, kind: str | None = None) -> None:
         with self._lock:
             self._counts[(target, metric)] += value
+            if kind is not None:
+                self._kind_counts[(kind, metric)] += value
 
     def latency(self, target: str, milliseconds: float) -> None:
         with self._lock:
@@ -44,11 +48,25 @@ class Stats:
             self._latencies.clear()
         return counts, latencies
 
+    def _drain_kinds(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            kinds = dict(self._kind_counts)
+            self._kind_counts.clear()
+        return kinds
+
     def flush(self) -> None:
         """Print one EMF document per target (and one without) through Powertools' EphemeralMetrics."""
         from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
         counts, latencies = self.drain()
+        kinds = self._drain_kinds()
+        for kind in sorted({kind for kind, _ in kinds}):
+            metrics = EphemeralMetrics(namespace=_namespace())
+            metrics.add_dimension(name="kind", value=kind)
+            for (metric_kind, name), count in sorted(kinds.items()):
+                if metric_kind == kind:
+                    metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+            metrics.flush_metrics()
         targets = {target for target, _ in counts} | set(latencies)
         for target in sorted(targets, key=lambda t: t or ""):
             metrics = EphemeralMetrics(namespace=_namespace())

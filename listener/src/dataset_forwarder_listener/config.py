@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 QUEUE_URL = "DATASET_FORWARDER_QUEUE_URL"
 DEPLOYMENT = "DATASET_FORWARDER_DEPLOYMENT"
 INCLUDE = "DATASET_FORWARDER_INCLUDE"
+DAG_RUNS = "DATASET_FORWARDER_DAG_RUNS"
 SPOOL_DIR = "DATASET_FORWARDER_SPOOL_DIR"
 SPOOL_MAX = "DATASET_FORWARDER_SPOOL_MAX"
 SEND_TIMEOUT_S = "DATASET_FORWARDER_SEND_TIMEOUT_S"
@@ -48,6 +49,8 @@ class Config:
     queue_url: str
     deployment: str
     include: tuple[str, ...] = ()
+    dag_runs: tuple[str, ...] = ()
+    """Globs of the DAG ids whose finished runs are forwarded; empty: none."""
     spool_dir: Path = Path("dataset_forwarder_spool")
     spool_max: int = DEFAULT_SPOOL_MAX
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
@@ -62,7 +65,8 @@ def load(environ: Mapping[str, str] | None = None) -> Config | None:
     return Config(
         queue_url=queue_url,
         deployment=_deployment(env),
-        include=_include(env),
+        include=_globs(env, INCLUDE),
+        dag_runs=_globs(env, DAG_RUNS),
         spool_dir=_spool_dir(env),
         spool_max=_positive_int(env, SPOOL_MAX, DEFAULT_SPOOL_MAX),
         send_timeout_s=_timeout(env),
@@ -102,8 +106,8 @@ def _deployment(env: Mapping[str, str]) -> str:
     return name
 
 
-def _include(env: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(p.strip() for p in env.get(INCLUDE, "").split(",") if p.strip())
+def _globs(env: Mapping[str, str], variable: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in env.get(variable, "").split(",") if p.strip())
 
 
 def _spool_dir(env: Mapping[str, str]) -> Path:

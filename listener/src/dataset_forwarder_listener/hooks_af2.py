@@ -19,7 +19,7 @@ from airflow.listeners import hookimpl
 from dataset_forwarder_listener.config import Config
 from dataset_forwarder_listener.envelope import Envelope, UpstreamEvent, build
 from dataset_forwarder_listener.safety import guard
-from dataset_forwarder_listener.sender import Sender
+from dataset_forwarder_listener.sender import BackgroundSender, Sender
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,12 @@ def event_from_row(dataset_event: Any, uri: str) -> UpstreamEvent:
 
 
 class DatasetListener:
-    def __init__(self, config: Config, airflow_version: str, sender: Sender) -> None:
+    def __init__(self, config: Config, airflow_version: str, sender: Sender, background: BackgroundSender) -> None:
         self.config = config
         self.airflow_version = airflow_version
         self.sender = sender
+        self.background = background
+        """For long-lived processes (the webserver's events without a task): the same spool and queue."""
         # When the try began, for tries whose task_instance.start_date is None (``airflow dags test``).
         self._started: dict[TryKey, datetime] = {}
 

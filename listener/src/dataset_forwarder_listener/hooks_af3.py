@@ -48,7 +48,7 @@ def call_key() -> str:
 
 
 def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
-    """Read ``airflow.listeners.types.AssetEvent`` (3.2+): asset, extra, source ids.
+    """Read ``airflow.listeners.types.AssetEvent`` (3.2+): asset, extra, source ids, partition key.
 
     It carries neither the event's DB id nor its timestamp, so the key is unique to this call
     and the time is now; the envelope is spooled before any send, which keeps its id stable
@@ -56,6 +56,7 @@ def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
     """
     asset = asset_event.asset
     db_id = getattr(asset_event, "id", None)
+    partition_key = getattr(asset_event, "partition_key", None)
     return UpstreamEvent(
         uri=asset.uri,
         name=getattr(asset, "name", None),
@@ -66,6 +67,7 @@ def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
         map_index=asset_event.source_map_index,
         event_key=str(db_id) if db_id is not None else call_key(),
         timestamp=getattr(asset_event, "timestamp", None),
+        partition_key=str(partition_key) if partition_key is not None else None,
     )
 
 

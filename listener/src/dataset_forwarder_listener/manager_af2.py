@@ -12,17 +12,12 @@ sends, backing off while SQS is down. A request never waits for SQS.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from airflow.datasets.manager import DatasetManager
 
 from dataset_forwarder_listener.hooks_af2 import DatasetListener, event_from_row
 from dataset_forwarder_listener.safety import guard
-from dataset_forwarder_listener.sender import BackgroundSender
-
-_background: BackgroundSender | None = None
-_background_lock = threading.Lock()
 
 
 class ForwardingDatasetManager(DatasetManager):
@@ -46,13 +41,4 @@ def _forward(dataset_event: Any, uri: str) -> None:
     if not isinstance(listener, DatasetListener):
         return
     for envelope in listener.envelopes([event_from_row(dataset_event, uri)]):
-        _sender(listener).submit(envelope)
-
-
-def _sender(listener: DatasetListener) -> BackgroundSender:
-    """One background sender per process, over the listener's sender (its queue, spool and budget)."""
-    global _background
-    with _background_lock:
-        if _background is None:
-            _background = BackgroundSender(listener.sender)
-        return _background
+        listener.background.submit(envelope)

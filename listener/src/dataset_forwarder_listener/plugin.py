@@ -1,7 +1,8 @@
-"""The Airflow plugin (entry point ``airflow.plugins``): registers the listener for this Airflow, or nothing.
+"""The Airflow plugin (entry point ``airflow.plugins``): registers the listeners for this Airflow, or nothing.
 
 The Airflow version and the configuration are resolved once, when Airflow loads plugins. With
-``DATASET_FORWARDER_QUEUE_URL`` unset the plugin registers no listener and says so once.
+``DATASET_FORWARDER_QUEUE_URL`` unset the plugin registers no listener and says so once. The DAG-run
+listener is registered only when ``DATASET_FORWARDER_DAG_RUNS`` names some DAG.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 
 AIRFLOW_VERSION: str = getattr(airflow, "__version__", "0")
 
-_listener: Any | None = None
+_listeners: list[Any] = []
 _resolved = False
 
 
@@ -33,47 +34,63 @@ def airflow_release(version: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2) or 0)
 
 
-def get_listener() -> Any | None:
-    """The process's listener: built on first call; None when the forwarder is not configured."""
-    global _listener, _resolved
+def get_listeners() -> list[Any]:
+    """The process's listeners, built on first call: the asset/dataset listener first, then the DAG-run
+    listener if configured; none when the forwarder is not configured."""
+    global _listeners, _resolved
     if not _resolved:
         _resolved = True
         try:
-            _listener = _build_listener()
+            _listeners = _build_listeners()
         except Exception:
             log.warning("Dataset forwarder: the listener could not be set up; it stays off.", exc_info=True)
-    return _listener
+    return _listeners
 
 
-def _build_listener() -> Any | None:
+def get_listener() -> Any | None:
+    """The process's asset (Airflow 3) or dataset (Airflow 2) listener; None when not configured."""
+    listeners = get_listeners()
+    return listeners[0] if listeners else None
+
+
+def _build_listeners() -> list[Any]:
     cfg = settings.load()
     if cfg is None:
         log.warning(
             "Dataset forwarder is installed but %s is not set: no dataset/asset events are forwarded.",
             settings.QUEUE_URL,
         )
-        return None
+        return []
     sender = Sender(
         SqsTransport(cfg.queue_url),
         Spool(cfg.spool_dir, cfg.spool_max, stale_after_s=2 * settings.MAX_SEND_TIMEOUT_S),
         cfg.send_timeout_s,
     )
+    # One per process, for the hooks that run in long-lived processes; its thread starts on first use.
+    background = BackgroundSender(sender)
     release = airflow_release(AIRFLOW_VERSION)
+    listeners: list[Any]
     if release >= (3, 0):
         from dataset_forwarder_listener.hooks_af3 import AssetListener
 
-        return AssetListener(cfg, AIRFLOW_VERSION, BackgroundSender(sender))
+        listeners = [AssetListener(cfg, AIRFLOW_VERSION, background)]
+    else:
+        from dataset_forwarder_listener.hooks_af2 import DatasetListener
 
-    from dataset_forwarder_listener.hooks_af2 import DatasetListener
+        if release < (2, 9):
+            log.warning(
+                "Dataset forwarder supports Airflow 2.9+ and 3.x; this is %s, which may not work.", AIRFLOW_VERSION
+            )
+        listeners = [DatasetListener(cfg, AIRFLOW_VERSION, sender, background)]
+    if cfg.dag_runs:
+        from dataset_forwarder_listener.dag_runs import DagRunListener
 
-    if release < (2, 9):
-        log.warning("Dataset forwarder supports Airflow 2.9+ and 3.x; this is %s, which may not work.", AIRFLOW_VERSION)
-
-    return DatasetListener(cfg, AIRFLOW_VERSION, sender)
+        listeners.append(DagRunListener(cfg, AIRFLOW_VERSION, background))
+    return listeners
 
 
 class DatasetForwarderPlugin(AirflowPlugin):
-    """Forwards this deployment's dataset/asset events to the dataset forwarder's SQS queue."""
+    """Forwards this deployment's dataset/asset events and DAG-run outcomes to the dataset forwarder's SQS queue."""
 
     name = "dataset_forwarder"
-    listeners = [listener for listener in (get_listener(),) if listener is not None]
+    listeners = list(get_listeners())

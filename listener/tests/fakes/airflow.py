@@ -17,6 +17,7 @@ LISTENER_MODULES = (
     "dataset_forwarder_listener.hooks_af2",
     "dataset_forwarder_listener.hooks_af3",
     "dataset_forwarder_listener.manager_af2",
+    "dataset_forwarder_listener.dag_runs",
 )
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -54,6 +55,56 @@ def _taskinstance_spec() -> types.ModuleType:
     spec.on_task_instance_running = hookspec(on_task_instance_running)  # type: ignore[attr-defined]
     spec.on_task_instance_success = hookspec(on_task_instance_success)  # type: ignore[attr-defined]
     return spec
+
+
+def _dagrun_spec() -> types.ModuleType:
+    """The same on Airflow 2.9+ and 3.x."""
+    spec = types.ModuleType("airflow.listeners.spec.dagrun")
+
+    def on_dag_run_running(dag_run, msg):  # type: ignore[no-untyped-def]
+        """Execute when dag run state changes to RUNNING."""
+
+    def on_dag_run_success(dag_run, msg):  # type: ignore[no-untyped-def]
+        """Execute when dag run state changes to SUCCESS."""
+
+    def on_dag_run_failed(dag_run, msg):  # type: ignore[no-untyped-def]
+        """Execute when dag run state changes to FAIL."""
+
+    spec.on_dag_run_running = hookspec(on_dag_run_running)  # type: ignore[attr-defined]
+    spec.on_dag_run_success = hookspec(on_dag_run_success)  # type: ignore[attr-defined]
+    spec.on_dag_run_failed = hookspec(on_dag_run_failed)  # type: ignore[attr-defined]
+    return spec
+
+
+class Session:
+    """The part of a SQLAlchemy session the DAG-run listener uses; records whether it read with autoflush off."""
+
+    def __init__(self) -> None:
+        self.autoflush = True
+        self.reads_without_autoflush = 0
+
+    @property
+    def no_autoflush(self):  # type: ignore[no-untyped-def]
+        session = self
+
+        class _NoAutoflush:
+            def __enter__(self):  # type: ignore[no-untyped-def]
+                session.autoflush = False
+
+            def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+                session.autoflush = True
+
+        return _NoAutoflush()
+
+
+def _sqlalchemy() -> dict[str, types.ModuleType]:
+    """``sqlalchemy.orm.object_session``: an object's ``session`` attribute (a fake DagRun sets it when bound)."""
+    sqlalchemy = types.ModuleType("sqlalchemy")
+    sqlalchemy.__path__ = []  # type: ignore[attr-defined]
+    orm = types.ModuleType("sqlalchemy.orm")
+    orm.object_session = lambda instance: getattr(instance, "session", None)  # type: ignore[attr-defined]
+    sqlalchemy.orm = orm  # type: ignore[attr-defined]
+    return {"sqlalchemy": sqlalchemy, "sqlalchemy.orm": orm}
 
 
 OWN_SESSION = "the session @provide_session opens when none is passed"
@@ -105,6 +156,10 @@ def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.Plu
         spec = _asset_spec(event_hook)
         modules["airflow.listeners.spec.asset"] = spec
     manager.add_hookspecs(spec)
+    dagrun_spec = _dagrun_spec()
+    modules["airflow.listeners.spec.dagrun"] = dagrun_spec
+    manager.add_hookspecs(dagrun_spec)
+    modules.update(_sqlalchemy())
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     for name in LISTENER_MODULES:

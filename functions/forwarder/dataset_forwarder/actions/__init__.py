@@ -38,7 +38,8 @@ class ActionSpec(Protocol):
 
     def deliver(self, endpoints: Endpoints, envelope: Envelope) -> Posted: ...
 
-    def already_received(self, endpoints: Endpoints, envelope: Envelope, *, deadline: float) -> bool: ...
+    def already_received(self, endpoints: Endpoints, envelope: Envelope, *, deadline: float) -> bool | None:
+        """Whether an earlier try landed; None when only the delivering call itself can tell."""
 
     def checks(self, endpoints: Endpoints, uris: Sequence[str]) -> list[Check]: ...
 

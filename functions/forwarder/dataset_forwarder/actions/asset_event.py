@@ -46,7 +46,7 @@ class AssetEvent:
         return "asset event"
 
     def deliver(self, endpoints: Endpoints, envelope: Envelope) -> Posted:
-        return endpoints.post_event(envelope.uri, envelope.downstream_extra())
+        return endpoints.post_event(envelope.uri, envelope.downstream_extra(), envelope.partition_key)
 
     def already_received(self, endpoints: Endpoints, envelope: Envelope, *, deadline: float) -> bool:
         """Whether the target holds an event with this envelope's lineage id.

@@ -74,17 +74,20 @@ class TriggerDag:
         reply = endpoints.trigger(self.dag_id, run_id(envelope), run_conf(envelope), envelope.partition_key)
         if 200 <= reply.status_code <= 299:
             return Posted(reply.status_code, endpoints.name, answer_id(reply) or run_id(envelope))
-        if reply.status_code == 409:  # a run with this id exists: an earlier try or copy created it
+        if reply.status_code == 409 and endpoints.run_exists(reply, run_id(envelope)):
+            # a run with this id exists: an earlier try or copy created it
             return Posted(reply.status_code, endpoints.name, run_id(envelope), already_there=True)
         failure = endpoints.api.failure(reply, f"POST {dag_runs_path(self.dag_id)}")
+        if reply.status_code == 409:  # another run at the same logical date (Airflow 2): the next try gets another
+            failure.transient = True
         if reply.status_code == 404:
             raise DeliveryFailed(
                 UNKNOWN_DAG, f"{endpoints.target} has no DAG {self.dag_id}: {failure.detail}", transient=False
             )
         raise failure
 
-    def already_received(self, endpoints: Endpoints, envelope: Envelope, *, deadline: float) -> bool:
-        return False  # the POST itself tells: 409 for a run id that exists
+    def already_received(self, endpoints: Endpoints, envelope: Envelope, *, deadline: float) -> bool | None:
+        return None  # nothing to look up: the POST itself tells (409 for a run id that exists)
 
     def checks(self, endpoints: Endpoints, uris: Sequence[str]) -> list[Check]:
         dag = endpoints.dag(self.dag_id)

@@ -11,8 +11,11 @@ Adding a way in: one module with a spec class (`parse`, `to_json`, `describe`, `
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from dataset_forwarder.single_flight import SingleFlight
 
 if TYPE_CHECKING:
     from dataset_forwarder.outcomes import DeliveryFailed
@@ -37,6 +40,28 @@ class RestApi(Protocol):
 
     def identity(self) -> str:
         """Who the calls run as, for `targets test` (never a credential)."""
+
+
+class AirflowMajor:
+    """A target's Airflow major: as configured, or found out once by `probe` (concurrent first calls share it)."""
+
+    def __init__(self, configured: str, probe: Callable[[], str]) -> None:
+        self._known = None if configured == "auto" else configured
+        self._probe = probe
+        self._lock = threading.Lock()
+        self._flight = SingleFlight()
+
+    def get(self) -> str:
+        with self._lock:
+            if self._known:
+                return self._known
+        return self._flight.run("major", self._found)
+
+    def _found(self) -> str:
+        major = self._probe()
+        with self._lock:
+            self._known = major
+        return major
 
 
 class WayInSpec(Protocol):

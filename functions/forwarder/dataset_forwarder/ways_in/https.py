@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 from dataset_forwarder.outcomes import CONNECTION, INVALID_TARGET, TIMEOUT, DeliveryFailed, excerpt, failure_for_status
-from dataset_forwarder.single_flight import SingleFlight
 from dataset_forwarder.transport import ERROR_CONNECTION, ERROR_TIMEOUT, Reply, TransportError
 
+from . import AirflowMajor
 from .auth import Auth, authenticator, parse_auth
 
 if TYPE_CHECKING:
@@ -87,17 +86,12 @@ class HttpsApi:
         self._auth = authenticator(
             spec.auth, services.secrets, self._exchange_unauthorized, target, clock=services.clock
         )
-        self._major = None if airflow == "auto" else airflow
-        self._lock = threading.Lock()
-        self._flight = SingleFlight()
+        self._major = AirflowMajor(airflow, self._probe_major)
 
     # -- RestApi ----------------------------------------------------------------------------
 
     def airflow_major(self) -> str:
-        with self._lock:
-            if self._major:
-                return self._major
-        return self._flight.run("major", self._probe_major)
+        return self._major.get()
 
     def call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None) -> Reply:
         """One call under the REST root with the target's credentials; after a 401/403 they are read again once."""
@@ -120,8 +114,6 @@ class HttpsApi:
             path = root + "/version"
             response = self._send("GET", path, headers=headers)
             if response.status_code in (200, 401, 403):
-                with self._lock:
-                    self._major = major
                 return major
             if response.status_code != 404:
                 raise self.failure(response, f"GET {path}")

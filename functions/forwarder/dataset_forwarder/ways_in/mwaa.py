@@ -29,9 +29,11 @@ from dataset_forwarder.outcomes import (
 )
 from dataset_forwarder.single_flight import SingleFlight
 from dataset_forwarder.transport import Reply
+from dataset_forwarder.ways_in import AirflowMajor
 
 MAX_PATH = 64  # InvokeRestApi's limit on Path
 MAX_CALL_S = 10.0  # InvokeRestApi gives up on the webserver after 10 s
+GATEWAY_TIMEOUT = 504  # RestApiStatusCode when it does (docs/local-mwaa.md)
 CREDENTIALS_MARGIN_S = 300.0  # assumed-role credentials are renewed this long before they expire
 ASSUME_ROLE_DURATION_S = 3600
 ENVIRONMENT_PATTERN = re.compile(r"^[a-zA-Z][0-9a-zA-Z_-]{0,79}$")
@@ -123,7 +125,7 @@ class MwaaClients:
         self._flight = SingleFlight()
 
     def client(self, region: str | None, role_arn: str | None, timeout_s: float) -> Any:
-        credentials = self._assumed(role_arn) if role_arn else None
+        credentials = self._assumed(role_arn, timeout_s) if role_arn else None
         key = (region, role_arn, timeout_s, credentials and credentials["AccessKeyId"])
         with self._lock:
             client = self._clients.get(key)
@@ -154,21 +156,29 @@ class MwaaClients:
             }
         return self._session().client("mwaa", region_name=region, config=config, **keys)
 
-    def _assumed(self, role_arn: str) -> dict[str, str]:
+    def _assumed(self, role_arn: str, timeout_s: float) -> dict[str, str]:
         now = self._clock()
         with self._lock:
             cached = self._credentials.get(role_arn)
         if cached and cached[1] > now:
             return cached[0]
-        return self._flight.run(role_arn, lambda: self._assume(role_arn))
+        return self._flight.run(role_arn, lambda: self._assume(role_arn, timeout_s))
 
-    def _assume(self, role_arn: str) -> dict[str, str]:
+    def _assume(self, role_arn: str, timeout_s: float) -> dict[str, str]:
+        from botocore.config import Config
         from botocore.exceptions import BotoCoreError, ClientError
 
+        # Inside a delivery: bounded like the target's own calls (botocore's default is 60 s reads, retried).
+        config = Config(
+            connect_timeout=min(3.0, timeout_s),
+            read_timeout=timeout_s,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            user_agent_extra="airflow-dataset-forwarder",
+        )
         try:
             answer = (
                 self._session()
-                .client("sts")
+                .client("sts", config=config)
                 .assume_role(
                     RoleArn=role_arn, RoleSessionName="dataset-forwarder", DurationSeconds=ASSUME_ROLE_DURATION_S
                 )
@@ -198,15 +208,10 @@ class MwaaApi:
         self._clients = clients
         self._timeout_s = timeout_s
         self._target = target
-        self._major = None if airflow == "auto" else airflow
-        self._lock = threading.Lock()
-        self._flight = SingleFlight()
+        self._major = AirflowMajor(airflow, self._probe_major)
 
     def airflow_major(self) -> str:
-        with self._lock:
-            if self._major:
-                return self._major
-        return self._flight.run("major", self._probe_major)
+        return self._major.get()
 
     def _probe_major(self) -> str:
         reply = self._invoke("GET", "/version", None, None)
@@ -223,8 +228,6 @@ class MwaaApi:
                 f"{self._spec.describe()} answered /version without an Airflow 2 or 3 version",
                 transient=False,
             )
-        with self._lock:
-            self._major = major
         return major
 
     def call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, body: Any = None) -> Reply:
@@ -265,7 +268,17 @@ class MwaaApi:
             client = self._clients.client(self._spec.region, self._spec.role_arn, self._timeout_s)
             answer = client.invoke_rest_api(**request)
         except ClientError as exc:
-            return self._error_reply(exc, what, landed)
+            reply = self._error_reply(exc, what, landed)
+            if landed and reply.status_code == GATEWAY_TIMEOUT:
+                # InvokeRestApi stopped waiting; Airflow was not stopped and may still apply the POST.
+                failure = self.failure(reply, f"{method} {path}")
+                raise DeliveryFailed(
+                    failure.error,
+                    f"{failure.detail} (InvokeRestApi stopped waiting: the call may still have been applied)",
+                    transient=True,
+                    may_have_landed=True,
+                ) from None
+            return reply
         except ReadTimeoutError:
             detail = f"{what} got no answer within {self._timeout_s:g}s"
             raise DeliveryFailed(TIMEOUT, detail, transient=True, may_have_landed=landed) from None

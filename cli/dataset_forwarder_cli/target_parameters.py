@@ -1,4 +1,4 @@
-"""Targets and their secrets in SSM Parameter Store, with the forwarder's own validation."""
+"""Target parameters and their secrets in SSM Parameter Store, parsed and validated by the forwarder's own code."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from .errors import CliError
 
 
 @dataclass
-class TargetStore:
+class TargetParameters:
     ssm: Any
     targets_path: str
     secrets_path: str
