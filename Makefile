@@ -6,8 +6,13 @@ DEV_HASH := $(shell cat requirements-dev.txt layers/dependencies/requirements.tx
 VENV := $(CACHE)/venv-dev-$(DEV_HASH)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+VERSION := $(shell cat VERSION)
+DIST_DIR ?= $(CURDIR)/dist
+SAM_DIST = $(DIST_DIR)/airflow-dataset-forwarder-sam-$(VERSION)
+# Wheels with the same content are the same bytes (zip timestamps): the e2e test's Airflow venv is keyed by them.
+SOURCE_DATE_EPOCH ?= 315532800
 
-.PHONY: test lint unit integration listener-test e2e e2e-latency chaos bench bench-smoke venv demo demo-down clean-venvs
+.PHONY: test lint unit integration listener-test e2e e2e-latency chaos bench bench-smoke venv demo demo-down clean-venvs dist dist-wheels dist-listener dist-cli
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -68,6 +73,25 @@ demo: venv ## upstream Airflow 3 -> local stack (moto, template.yaml, real handl
 
 demo-down: venv ## stop what an interrupted `make demo` left running
 	$(PY) demo/run_demo.py --down
+
+dist: dist-wheels dist-sam ## the release in dist/: listener wheel, CLI wheel, packaged SAM template (listener/README.md)
+	@ls -1 $(DIST_DIR)
+
+dist-wheels: dist-listener dist-cli
+
+# pip builds in the project's own tree: an earlier build's build/ (stale modules) and *.egg-info (its file list,
+# which setuptools reuses) must not shape this wheel, so both go before and after.
+dist-listener: ## the listener plugin's wheel (what Airflow deployments install)
+	rm -rf listener/build listener/src/*.egg-info $(DIST_DIR)/airflow_dataset_forwarder_listener-*.whl
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps \
+		--wheel-dir $(DIST_DIR) ./listener
+	rm -rf listener/build listener/src/*.egg-info
+
+dist-cli: ## the CLI's wheel, with the core it reuses (package airflow-dataset-forwarder)
+	rm -rf build *.egg-info $(DIST_DIR)/airflow_dataset_forwarder-*.whl
+	SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps \
+		--wheel-dir $(DIST_DIR) .
+	rm -rf build *.egg-info
 
 clean-venvs: clean-sam-venvs
 	rm -rf $(CACHE)/venv-dev-*

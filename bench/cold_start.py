@@ -1,7 +1,7 @@
 """The forwarder Lambda's cold start, against a straightforward Powertools handler, and the layer's size.
 
     PY=~/.cache/airflow-dataset-forwarder/venv-dev-*/bin/python
-    $PY bench/cold_start.py [--quick] [--out FILE] [--layer-build-dir DIR | --build-layer]
+    $PY bench/cold_start.py [--quick] [--out FILE] [--layer-build-dir DIR | --build-layer] [--python PY ...]
 
 Runs in the dev venv (the layer's packages, boto3, moto and aws-xray-sdk, which moto depends on and the
 straightforward handler's Tracer needs). Every sample is a fresh interpreter, like a new Lambda execution
@@ -17,6 +17,11 @@ Bytecode: the layer ships .pyc files, so every module comes from a bytecode cach
 scratch directory, filled by one untimed run of each handler). Lambda does not compile the function's own code
 (/var/task is read-only): what compiling it costs is reported apart. Goals: our import p50 <= 300 ms and at
 least 2x faster than the straightforward one's; import + first record <= 1 s.
+
+Runtimes: `--python PY` (repeatable) runs the fresh interpreters with PY instead of this one, e.g. a python3.11
+and a python3.13 venv holding the same pins (boto3, the layer's requirements, aws-xray-sdk, requests), to compare
+Lambda runtimes side by side: samples alternate between them. The first is the runtime of record ("handlers",
+the goals); every one is under "runtimes".
 """
 
 # ruff: noqa: PLC0415
@@ -28,11 +33,9 @@ import contextlib
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -145,7 +148,7 @@ class Lab:
             "PYTHONPYCACHEPREFIX": str(self.pycache),
         }
 
-    def sample(self, kind: str) -> dict[str, Any]:
+    def sample(self, kind: str, python: str = sys.executable) -> dict[str, Any]:
         """One fresh interpreter: import the handler, serve one record; seconds as the child measured them."""
         module, directory = HANDLERS[kind]
         out = self.work / f"{kind}-{uuid.uuid4().hex}.json"
@@ -153,7 +156,7 @@ class Lab:
         event = json.dumps(sqs_event(self.queue_arn, uri=URI))
         before = len(self.downstream.events)
         done = subprocess.run(  # noqa: S603 - this interpreter, our own code
-            [sys.executable, "-c", code, event, str(out)],
+            [python, "-c", code, event, str(out)],
             cwd=directory,
             env={**self.env, "PYTHONPATH": str(directory)},
             capture_output=True,
@@ -185,11 +188,11 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def import_profile(lab: Lab, kind: str, top: int = 8) -> list[dict[str, Any]]:
+def import_profile(lab: Lab, kind: str, python: str = sys.executable, top: int = 8) -> list[dict[str, Any]]:
     """`python -X importtime`: what the handler's import spends most on (its direct imports, cumulative)."""
     module, directory = HANDLERS[kind]
     done = subprocess.run(  # noqa: S603
-        [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+        [python, "-X", "importtime", "-c", f"import {module}"],
         cwd=directory,
         env={**lab.env, "PYTHONPATH": str(directory)},
         capture_output=True,
@@ -212,20 +215,49 @@ def import_profile(lab: Lab, kind: str, top: int = 8) -> list[dict[str, Any]]:
     return [{"module": module, "cumulative_ms": round(entries[end][2] / 1000, 1)}, *largest]
 
 
-def compile_cost(kind: str, repeats: int = 5) -> dict[str, Any]:
+# Compiles the files named on its command line `repeats` times; prints the median in seconds.
+COMPILE_CHILD = """\
+import statistics, sys, time
+sources = [(path, open(path).read()) for path in sys.argv[2:]]
+timings = []
+for _ in range(int(sys.argv[1])):
+    started = time.perf_counter()
+    for path, source in sources:
+        compile(source, path, "exec")
+    timings.append(time.perf_counter() - started)
+print(statistics.median(timings))
+"""
+
+
+def compile_cost(kind: str, python: str = sys.executable, repeats: int = 5) -> dict[str, Any]:
     """What compiling the handler's own source costs when no bytecode ships with it (Lambda's /var/task)."""
     module, directory = HANDLERS[kind]
     files = [directory / f"{module}.py"]
     if kind == "ours":
         files += sorted((FUNCTION_DIR / "dataset_forwarder").glob("*.py"))
-    sources = [(path, path.read_text()) for path in files]
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for path, source in sources:
-            compile(source, str(path), "exec")
-        timings.append(time.perf_counter() - started)
-    return {"files": len(files), "p50_ms": round(statistics.median(timings) * 1000, 1)}
+    command = [python, "-c", COMPILE_CHILD, str(repeats), *map(str, files)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)  # noqa: S603
+    return {"files": len(files), "p50_ms": round(float(done.stdout) * 1000, 1)}
+
+
+def python_version(python: str) -> str:
+    """The interpreter's version, e.g. "3.13.0"."""
+    command = [python, "-c", "import platform; print(platform.python_version())"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout.strip()  # noqa: S603
+
+
+def handler_results(timings: dict[str, dict[str, list[float]]], imports: dict[str, Any], python: str) -> dict[str, Any]:
+    """Per handler: the summaries of its samples, its import profile and its source's compile cost."""
+    return {
+        kind: {
+            "module": HANDLERS[kind][0],
+            "import": summary(measured["import"]),
+            "import_and_first_record": summary(measured["first_record"]),
+            "import_profile": imports[kind],
+            "source_compile": compile_cost(kind, python),
+        }
+        for kind, measured in timings.items()
+    }
 
 
 def layer_size(build_dir: Path) -> dict[str, Any]:
@@ -256,7 +288,7 @@ def layer_size(build_dir: Path) -> dict[str, Any]:
 
 
 def build_layer(work: Path) -> Path:
-    """The layer's own build (layers/dependencies/Makefile, as `sam build` runs it): needs python3.11 and PyPI."""
+    """The layer's own build (layers/dependencies/Makefile, as `sam build` runs it): needs python3.13 and PyPI."""
     build_dir = work / "build"
     artifacts = build_dir / LAYER
     artifacts.mkdir(parents=True)
@@ -265,34 +297,41 @@ def build_layer(work: Path) -> Path:
     return build_dir
 
 
+def _ratio(handlers: dict[str, Any]) -> float:
+    return float(handlers["straightforward"]["import"]["p50_ms"] / handlers["ours"]["import"]["p50_ms"])
+
+
 def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     samples = SIZES["quick" if args.quick else "full"]["samples"]
+    pythons: list[str] = args.python or [sys.executable]
     load_at_start = load_average()
-    timings: dict[str, dict[str, list[float]]] = {kind: {"import": [], "first_record": []} for kind in HANDLERS}
+    timings = {py: {kind: {"import": [], "first_record": []} for kind in HANDLERS} for py in pythons}
     with contextlib.ExitStack() as stack:
         lab = Lab(stack)
-        for kind in HANDLERS:  # untimed: fills the bytecode cache and warms moto's first requests
-            lab.sample(kind)
+        for python in pythons:  # untimed: fills the bytecode caches and warms moto's first requests
+            for kind in HANDLERS:
+                lab.sample(kind, python)
         for index in range(samples):
-            for kind in HANDLERS if index % 2 == 0 else reversed(HANDLERS):
-                result = lab.sample(kind)
-                timings[kind]["import"].append(result["import_s"])
-                timings[kind]["first_record"].append(result["first_record_s"])
+            # Alternate the order, so that neither runtime nor handler always runs first on a busy machine.
+            for python in pythons if index % 2 == 0 else reversed(pythons):
+                for kind in HANDLERS if index % 2 == 0 else reversed(HANDLERS):
+                    result = lab.sample(kind, python)
+                    timings[python][kind]["import"].append(result["import_s"])
+                    timings[python][kind]["first_record"].append(result["first_record_s"])
             print(f"sample {index + 1}/{samples}", file=sys.stderr, flush=True)
-        imports = {kind: import_profile(lab, kind) for kind in HANDLERS}
+        imports = {py: {kind: import_profile(lab, kind, py) for kind in HANDLERS} for py in pythons}
         layer_dir = build_layer(lab.work) if args.build_layer else args.layer_build_dir
         layer = layer_size(layer_dir)
-    handlers: dict[str, Any] = {}
-    for kind, measured in timings.items():
-        handlers[kind] = {
-            "module": HANDLERS[kind][0],
-            "import": summary(measured["import"]),
-            "import_and_first_record": summary(measured["first_record"]),
-            "import_profile": imports[kind],
-            "source_compile": compile_cost(kind),
-        }
-    ours, theirs = handlers["ours"], handlers["straightforward"]
-    ratio = theirs["import"]["p50_ms"] / ours["import"]["p50_ms"]
+    runtimes = []
+    for python in pythons:
+        measured = handler_results(timings[python], imports[python], python)
+        version = python_version(python)
+        runtimes.append(
+            {"python": version, "executable": python, "handlers": measured, "import_ratio": round(_ratio(measured), 2)}
+        )
+    handlers = runtimes[0]["handlers"]
+    ours = handlers["ours"]
+    ratio = _ratio(handlers)
     return {
         "benchmark": "cold_start",
         "mode": "quick" if args.quick else "full",
@@ -304,6 +343,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "aws": "SSM, SQS, DynamoDB on moto server in its own process",
             "bytecode": "all modules from a bytecode cache (PYTHONPYCACHEPREFIX), filled by an untimed run",
         },
+        "python": runtimes[0]["python"],
         "handlers": handlers,
         "import_ratio": round(ratio, 2),
         "goal": {
@@ -315,6 +355,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             "first_record_ok": ours["import_and_first_record"]["p50_ms"] <= GOAL_FIRST_RECORD_MS,
         },
         "layer": layer,
+        "runtimes": runtimes,
     }
 
 
@@ -346,6 +387,15 @@ def table(result: dict[str, Any]) -> str:
     for kind, row in handlers.items():
         listed = ", ".join(f"{item['module']} {item['cumulative_ms']:g}" for item in row["import_profile"][1:7])
         lines.append(f"  {kind}: {listed}")
+    if len(result.get("runtimes", [])) > 1:
+        lines += ["", "| runtime | handler | import p50 ms | import + first record p50 ms | compile own source ms |"]
+        lines.append("|---|---|---|---|---|")
+        for runtime in result["runtimes"]:
+            for kind, row in runtime["handlers"].items():
+                lines.append(
+                    f"| Python {runtime['python']} | {kind} | {row['import']['p50_ms']:.0f} "
+                    f"| {row['import_and_first_record']['p50_ms']:.0f} | {row['source_compile']['p50_ms']:.0f} |"
+                )
     layer = result["layer"]
     if layer["built"]:
         lines.append(
@@ -357,7 +407,7 @@ def table(result: dict[str, Any]) -> str:
     info = result["machine"]
     lines.append(
         f"{info['cpus']} CPUs, load average {info['load_avg_at_start']} -> {info['load_avg_at_end']}, "
-        f"Python {info['python']}"
+        f"handlers on Python {result.get('python', info['python'])}"
     )
     return "\n".join(lines)
 
@@ -375,7 +425,12 @@ def main() -> None:
         default=SAM_BUILD_DIR,
         help=f"a `sam build` directory (default: {SAM_BUILD_DIR})",
     )
-    layer.add_argument("--build-layer", action="store_true", help="build the layer first (python3.11 and PyPI)")
+    layer.add_argument("--build-layer", action="store_true", help="build the layer first (python3.13 and PyPI)")
+    parser.add_argument(
+        "--python",
+        action="append",
+        help="interpreter for the handlers' fresh processes (repeat to compare runtimes; default: this one)",
+    )
     args = parser.parse_args()
 
     run_and_record(args, name="cold_start", default_out=DEFAULT_OUT, orchestrate=orchestrate, table=table)

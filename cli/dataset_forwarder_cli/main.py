@@ -18,6 +18,7 @@ from dataset_forwarder.envelope import (
     new_envelope,
     parse_envelope,
 )
+from dataset_forwarder.version import __version__
 
 from .context import DEFAULT_SECRETS_PATH, DEFAULT_TARGETS_PATH, AppContext
 from .dlq_cmd import dlq
@@ -42,7 +43,7 @@ pass_app = click.make_pass_decorator(AppContext)
     is_flag=True,
     help="Work on the running local stack (`local up`): its endpoint, queues and paths, over the options above.",
 )
-@click.version_option(package_name="airflow-dataset-forwarder")
+@click.version_option(__version__, package_name="airflow-dataset-forwarder")
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LAYER = "DependenciesLayer"
-# Shipped by the python3.11 Lambda runtime; a copy in the layer only costs size and cold start.
+# Shipped by the python3.13 Lambda runtime (template.yaml); a copy in the layer only costs size and cold start.
 RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath")
 ELF_MACHINE_AARCH64 = 183
+# The runtime's bytecode: the layer's .pyc files are compiled by that interpreter (layers/dependencies/Makefile).
+BYTECODE_TAG = "cpython-313"
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,12 @@ def inspect(build_dir: Path) -> LayerReport:
     site = root / "python"
     problems: list[str] = []
     modules = [path for path in site.rglob("*.py") if "__pycache__" not in path.parts]
-    compiled = [path for path in modules if (path.parent / "__pycache__" / f"{path.stem}.cpython-311.pyc").is_file()]
+    compiled = [path for path in modules if (path.parent / "__pycache__" / f"{path.stem}.{BYTECODE_TAG}.pyc").is_file()]
     if not modules:
         problems.append(f"no Python modules under {site}")
     if len(compiled) < len(modules):
         missing = sorted(str(path.relative_to(site)) for path in set(modules) - set(compiled))
-        problems.append(f"{len(missing)} modules without cpython-311 bytecode, e.g. {missing[:3]}")
+        problems.append(f"{len(missing)} modules without {BYTECODE_TAG} bytecode, e.g. {missing[:3]}")
     for package in RUNTIME_PACKAGES:
         if (site / package).exists() or list(site.glob(f"{package}-*.dist-info")):
             problems.append(f"{package} is in the layer, but the Lambda runtime already ships it")

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tests.template.conftest import ROOT, TEMPLATE
 
 SAM_VENV = os.environ.get("SAM_VENV", "")
 CHECKOV_VENV = os.environ.get("CHECKOV_VENV", "")
+RUNTIME = "python3.13"  # template.yaml Runtime
 
 needs_sam = pytest.mark.skipif(
     not SAM_VENV, reason="SAM_VENV is not set: `make template-test` builds the SAM CLI venv (mk/sam.mk) and sets it"
@@ -63,8 +65,10 @@ def _tool(venv: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`sam build` of the shipped template (samconfig.toml's defaults apply), in a fresh directory."""
-    if shutil.which("python3.11") is None:
-        pytest.fail("sam build needs python3.11 on PATH (the function's runtime)")
+    runtime = shutil.which(RUNTIME)
+    works = runtime is not None and _run([runtime, "-c", "import sys; print(sys.version)"], timeout=60)
+    if not works or works.returncode != 0 or not works.stdout.startswith("3.13."):
+        pytest.fail(f"sam build needs {RUNTIME} on PATH (the function's runtime; `make template-test` puts it there)")
     work = tmp_path_factory.mktemp("sam")
     build_dir = work / "build"
     command = [_tool(SAM_VENV, "sam"), "build", "--template-file", str(TEMPLATE)]
@@ -118,3 +122,66 @@ def test_checkov_fails_no_check_and_every_skip_is_commented() -> None:
     assert results["passed_checks"]
     for check in results["skipped_checks"]:
         assert check["check_result"].get("suppress_comment"), check["check_id"]
+
+
+@needs_sam
+def test_release_template_and_zips_publish_with_sam_package(sam_build: Path, tmp_path: Path) -> None:
+    """`make dist-sam`'s last step (mk/sam_dist.py) on a `sam build`, then `sam package` into moto's S3.
+
+    The release directory must be what a platform engineer publishes as it is: SAM uploads each zip unchanged and
+    the packaged template points at exactly those objects.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.fakes.aws import free_port
+
+    release = tmp_path / "release"
+    made = _run([str(Path(SAM_VENV) / "bin" / "python"), "mk/sam_dist.py", str(sam_build), str(release)], timeout=300)
+    assert made.returncode == 0, made.stdout + made.stderr
+    zips = {path.name: path.read_bytes() for path in release.glob("*.zip")}
+    assert set(zips) == {"ForwarderFunction.zip", f"{layer_report.LAYER}.zip"}
+    with zipfile.ZipFile(release / "ForwarderFunction.zip") as function:
+        assert function.read("dataset_forwarder/VERSION") == (ROOT / "VERSION").read_bytes()  # a copy, not a link
+        assert "app.py" in function.namelist()
+    with zipfile.ZipFile(release / f"{layer_report.LAYER}.zip") as layer:
+        names = layer.namelist()
+        assert any(name.endswith(f".{layer_report.BYTECODE_TAG}.pyc") for name in names)
+        assert all(name.startswith("python/") for name in names)
+    again = tmp_path / "again"
+    _run([str(Path(SAM_VENV) / "bin" / "python"), "mk/sam_dist.py", str(sam_build), str(again)], timeout=300)
+    assert {path.name: path.read_bytes() for path in again.glob("*.zip")} == zips  # reproducible
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+        )
+        s3.create_bucket(Bucket="releases")
+        packaged = tmp_path / "packaged.yaml"
+        command = [_tool(SAM_VENV, "sam"), "package", "--template-file", str(release / "template.yaml")]
+        command += ["--s3-bucket", "releases", "--output-template-file", str(packaged)]
+        done = subprocess.run(
+            command,
+            cwd=release,
+            env={**_offline_environment(), "AWS_ENDPOINT_URL": endpoint},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        uploaded = {
+            item["Key"]: s3.get_object(Bucket="releases", Key=item["Key"])["Body"].read()
+            for item in s3.list_objects_v2(Bucket="releases")["Contents"]
+        }
+    finally:
+        server.stop()
+    text = packaged.read_text(encoding="utf-8")
+    for name, content in zips.items():
+        [key] = [key for key, body in uploaded.items() if body == content]
+        assert f"s3://releases/{key}" in text, name
+    assert "Runtime: python3.13" in text

@@ -196,11 +196,11 @@ def test_function_settings_read_by_the_code_are_valid(stack: DeployedStack) -> N
     assert settings.allow_http_targets is False
 
 
-def test_function_runs_the_handler_on_python_311_with_reserved_concurrency(
+def test_function_runs_the_handler_on_python_313_with_reserved_concurrency(
     stack: DeployedStack, template: dict[str, Any]
 ) -> None:
     function = _function(stack)
-    assert function["Runtime"] == "python3.11"
+    assert function["Runtime"] == "python3.13"
     assert function["Handler"] == "app.lambda_handler"
     assert function["Timeout"] == 60
     assert function["EphemeralStorage"] == {"Size": 512}

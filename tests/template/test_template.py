@@ -85,14 +85,15 @@ def test_visibility_timeout_is_six_function_timeouts(template: dict[str, Any]) -
 def test_function_and_layer_agree_on_runtime_and_architecture(template: dict[str, Any]) -> None:
     function_globals = template["Globals"]["Function"]
     layer = template["Resources"]["DependenciesLayer"]
-    assert function_globals["Runtime"] == "python3.11"
+    assert function_globals["Runtime"] == "python3.13"
     assert layer["Properties"]["CompatibleRuntimes"] == [function_globals["Runtime"]]
     assert layer["Properties"]["CompatibleArchitectures"] == function_globals["Architectures"] == ["arm64"]
     assert layer["Metadata"]["BuildArchitecture"] == "arm64"
     # The layer's Makefile installs wheels for that platform and that interpreter.
     makefile = (ROOT / layer["Properties"]["ContentUri"] / "Makefile").read_text(encoding="utf-8")
     assert re.search(r"^LAYER_PLATFORM \?= manylinux\w*_aarch64$", makefile, re.MULTILINE)
-    assert "--python-version 3.11" in makefile
+    assert "--python-version 3.13" in makefile
+    assert re.search(r"^LAYER_PYTHON \?= python3\.13$", makefile, re.MULTILINE)
     assert "-m compileall" in makefile
 
 

@@ -10,13 +10,15 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .version import __version__
+
 if TYPE_CHECKING:
     from .forwarder import Forwarder
     from .ledger import StoreFactory
     from .settings import Settings
     from .transport import Transport
 
-USER_AGENT = "airflow-dataset-forwarder/0.1"
+USER_AGENT = f"airflow-dataset-forwarder/{__version__}"
 
 _lock = threading.Lock()
 _forwarder: Forwarder | None = None
