@@ -14,9 +14,11 @@ listener manager, with the listener the `airflow.plugins` entry point registered
   `DatasetEvent` row was flushed in that session (SQLite DB made by `airflow db migrate`), as in a task's last step.
 - naive: `requests.post(downstream, json=...)` in the hook, no timeout (the recipe Astronomer withdrew).
 
-- batching (issue 17): the Airflow 3 hook with the background sender's natural batching (send at once when no send
-  is in flight; what arrives meanwhile goes in the next SendMessageBatch) against the earlier pause strategy (wait
-  for a 50 ms pause in submits, at most 1 s), each in its own worker process, alternating, in the same run. Lone
+- batching (issue 17): the Airflow 3 hook with the background sender's three strategies, each in its own worker
+  process, alternating, in the same run: adaptive (the default: an event that comes alone goes at once, after a
+  1 ms look for a follow-up; a burst is held until it pauses for 10 ms, at most 1 s, then goes in batches of 10),
+  natural (send at once when no send is in flight; what arrives meanwhile goes in the next SendMessageBatch) and
+  the earlier pause strategy (wait for a 50 ms pause in submits, at most 1 s). Lone
   events: one at a time with gaps, time from the hook call to SQS's answer. Burst: 200 hook calls back to back,
   the hook's cost, the time until all are accepted, and the SendMessage/SendMessageBatch calls. Workers import the
   listener from this tree's listener/src (PYTHONPATH), whatever the venv has installed.
@@ -72,7 +74,7 @@ SIZES = {
     },
 }  # fmt: skip
 LONE_GAP_S = 0.2  # between lone events: longer than the pause strategy's 50 ms, so each is alone
-STRATEGIES = ("natural", "pause")
+STRATEGIES = ("adaptive", "natural", "pause")
 
 
 # =================================================================================================== shared
@@ -263,6 +265,10 @@ def worker_batching(args: argparse.Namespace) -> dict[str, Any]:
     background.close()
     return {
         "batching": args.batching,
+        "sender_settings": {
+            name: getattr(background, name, None)
+            for name in ("lone_window_s", "burst_pause_s", "pause_s", "max_wait_s")
+        },
         "listener_source": str(Path(dataset_forwarder_listener.__file__).parent),
         "lone": {
             "gap_s": LONE_GAP_S,
@@ -620,7 +626,7 @@ def _bench_airflow2(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
 
 
 def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, Any]:
-    """Natural batching against the pause strategy: alternating worker processes, same lab, same run."""
+    """The batching strategies side by side: alternating worker processes, same lab, same run."""
     runs: dict[str, list[dict[str, Any]]] = {strategy: [] for strategy in STRATEGIES}
     for round_ in range(size["batching_rounds"]):
         for strategy in STRATEGIES:
@@ -632,7 +638,9 @@ def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
             out["on_queue"] = lab.queued(env)
             runs[strategy].append(out)
     return {
-        "what": "Airflow 3 hook, background sender: natural batching vs. waiting for a 50 ms pause (at most 1 s)",
+        "what": "Airflow 3 hook, background sender: adaptive (alone: at once after a 1 ms look; a burst: held until "
+        "a 10 ms pause, at most 1 s) vs. natural (at once when no send is in flight) vs. waiting for a 50 ms pause "
+        "(at most 1 s)",
         "lone_events": size["lone"],
         "burst_events": size["burst"],
         "rounds": size["batching_rounds"],
