@@ -260,8 +260,8 @@ class BackgroundSender:
         batching: str = "adaptive",
         pause_s: float = 0.05,
         max_wait_s: float = 1.0,
-        lone_window_s: float = 0.001,
-        burst_pause_s: float = 0.01,
+        lone_window_s: float = 0.002,
+        burst_pause_s: float = 0.05,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, not {batching!r}")
