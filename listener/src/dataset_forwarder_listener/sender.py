@@ -244,8 +244,8 @@ class BackgroundSender:
     an envelope goes at once when no send is in flight, and envelopes submitted while one is in flight
     go together, up to MAX_BATCH, right after it (a burst is sent while it goes on). ``"pause"``: every
     send waits for a pause of ``pause_s`` in the submits, or until the oldest waiting envelope has
-    waited ``max_wait_s`` (a lone event waits ``pause_s``). Either way the envelopes are on disk all
-    the while.
+    waited ``max_wait_s`` (a lone event waits ``pause_s``). Whatever the strategy, the envelopes are
+    on disk all the while.
     """
 
     def __init__(
