@@ -14,13 +14,16 @@ listener manager, with the listener the `airflow.plugins` entry point registered
   `DatasetEvent` row was flushed in that session (SQLite DB made by `airflow db migrate`), as in a task's last step.
 - naive: `requests.post(downstream, json=...)` in the hook, no timeout (the recipe Astronomer withdrew).
 
-- batching (issue 17): the Airflow 3 hook with the background sender's natural batching (send at once when no send
-  is in flight; what arrives meanwhile goes in the next SendMessageBatch) against the earlier pause strategy (wait
-  for a 50 ms pause in submits, at most 1 s), each in its own worker process, alternating, in the same run. Lone
+- batching (issue 17): the Airflow 3 hook with the background sender's three strategies, each in its own worker
+  process, alternating, in the same run: adaptive (the default: an event that comes alone goes at once, after a
+  2 ms look for a follow-up; a burst is held until it pauses for 50 ms, at most 1 s, then goes in batches of 10),
+  natural (send at once when no send is in flight; what arrives meanwhile goes in the next SendMessageBatch) and
+  the earlier pause strategy (wait for a 50 ms pause in submits, at most 1 s). Lone
   events: one at a time with gaps, time from the hook call to SQS's answer. Burst: 200 hook calls back to back,
   the hook's cost, the time until all are accepted, and the SendMessage/SendMessageBatch calls. Workers import the
   listener from this tree's listener/src (PYTHONPATH), whatever the venv has installed.
-  `--batching-only [--airflow3-venv DIR]` runs just this part and updates the `batching` key of the results file.
+  `--batching-only [--airflow3-venv DIR] [--rounds N]` runs just this part and updates the `batching` key of the
+  results file (the comparison the full run recorded moves to `batching_in_full_run`).
 
 Workers print one JSON object; the orchestrator writes them all to the results file.
 """
@@ -72,7 +75,7 @@ SIZES = {
     },
 }  # fmt: skip
 LONE_GAP_S = 0.2  # between lone events: longer than the pause strategy's 50 ms, so each is alone
-STRATEGIES = ("natural", "pause")
+STRATEGIES = ("adaptive", "natural", "pause")
 
 
 # =================================================================================================== shared
@@ -263,6 +266,10 @@ def worker_batching(args: argparse.Namespace) -> dict[str, Any]:
     background.close()
     return {
         "batching": args.batching,
+        "sender_settings": {
+            name: getattr(background, name, None)
+            for name in ("lone_window_s", "burst_pause_s", "pause_s", "max_wait_s")
+        },
         "listener_source": str(Path(dataset_forwarder_listener.__file__).parent),
         "lone": {
             "gap_s": LONE_GAP_S,
@@ -620,7 +627,7 @@ def _bench_airflow2(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
 
 
 def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, Any]:
-    """Natural batching against the pause strategy: alternating worker processes, same lab, same run."""
+    """The batching strategies side by side: alternating worker processes, same lab, same run."""
     runs: dict[str, list[dict[str, Any]]] = {strategy: [] for strategy in STRATEGIES}
     for round_ in range(size["batching_rounds"]):
         for strategy in STRATEGIES:
@@ -632,7 +639,9 @@ def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
             out["on_queue"] = lab.queued(env)
             runs[strategy].append(out)
     return {
-        "what": "Airflow 3 hook, background sender: natural batching vs. waiting for a 50 ms pause (at most 1 s)",
+        "what": "Airflow 3 hook, background sender: adaptive (alone: at once after a 2 ms look; a burst: held until "
+        "a 50 ms pause, at most 1 s) vs. natural (at once when no send is in flight) vs. waiting for a 50 ms pause "
+        "(at most 1 s)",
         "lone_events": size["lone"],
         "burst_events": size["burst"],
         "rounds": size["batching_rounds"],
@@ -642,7 +651,9 @@ def _bench_batching(lab: _Lab, venv: Path, size: dict[str, Any]) -> dict[str, An
 
 def _batching_only(args: argparse.Namespace) -> dict[str, Any]:
     """Run only the batching comparison; the other sections of the results file are kept as they are."""
-    size = SIZES["quick" if args.quick else "full"]
+    size = {**SIZES["quick" if args.quick else "full"]}
+    if args.rounds:
+        size["batching_rounds"] = args.rounds
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     with contextlib.ExitStack() as stack:
         if args.airflow3_venv:
@@ -660,6 +671,8 @@ def _batching_only(args: argparse.Namespace) -> dict[str, Any]:
     }
     batching["sqs_delay_ms"] = args.sqs_delay_ms
     previous = json.loads(args.out.read_text()) if args.out.is_file() else {"benchmark": "listener_cost"}
+    if "batching" in previous:  # the full run's own comparison stays next to this one
+        previous["batching_in_full_run"] = previous["batching"]
     return {**previous, "batching": batching}
 
 
@@ -733,7 +746,20 @@ def _batching_table(batching: dict[str, Any]) -> str:
         f"{batching['burst_events']}: hook p50 / p99 ms | burst: all accepted s | burst: batch + single calls |",
         "|---|---|---|---|---|---|",
     ]
+
+    def median(strategy: str, pick: Callable[[dict[str, Any]], float]) -> float:
+        return statistics.median(pick(run) for run in batching[strategy])
+
     for strategy in STRATEGIES:
+        if len(batching[strategy]) > 1:  # first, the median of the rounds' figures (their range in the rows below)
+            lines.append(
+                f"| **{strategy}, median of {len(batching[strategy])}**"
+                f" | {median(strategy, lambda r: r['lone']['submit_to_accepted']['p50_ms']):.1f}"
+                f" / {median(strategy, lambda r: r['lone']['submit_to_accepted']['p95_ms']):.1f} |"
+                f" | {median(strategy, lambda r: r['burst']['hook']['p50_ms']):.2f}"
+                f" / {median(strategy, lambda r: r['burst']['hook']['p99_ms']):.2f}"
+                f" | {median(strategy, lambda r: r['burst']['all_accepted_s']):.3f} | |"
+            )
         for run in batching[strategy]:
             lone, burst = run["lone"], run["burst"]
             latency = lone["submit_to_accepted"]
@@ -755,6 +781,7 @@ def main() -> None:
     parser.add_argument("--sqs-delay-ms", type=float, default=10.0)
     parser.add_argument("--batching-only", action="store_true", help="only the batching comparison (issue 17)")
     parser.add_argument("--airflow3-venv", type=Path, help="with --batching-only: a cached Airflow 3 venv to use")
+    parser.add_argument("--rounds", type=int, help="with --batching-only: rounds per strategy (default: 3)")
     parser.add_argument("--worker", choices=["airflow3", "airflow2", "batching"], help=argparse.SUPPRESS)
     parser.add_argument("--batching", choices=STRATEGIES, default="natural", help=argparse.SUPPRESS)
     parser.add_argument("--lone", type=int, default=50, help=argparse.SUPPRESS)

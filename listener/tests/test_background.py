@@ -133,7 +133,7 @@ def test_a_steady_stream_of_submits_is_still_sent_within_max_wait(spool, make_en
     sending.close()
 
 
-@pytest.mark.parametrize("batching", ["natural", "pause"])
+@pytest.mark.parametrize("batching", ["adaptive", "natural", "pause"])
 def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope, batching):
     client = StubSqs()
     sending = background(spool, client, pause_s=10.0, max_wait_s=10.0, batching=batching)
@@ -148,7 +148,7 @@ def test_close_sends_at_once_without_waiting_for_a_pause(spool, make_envelope, b
     assert spool.count() == 0
 
 
-@pytest.mark.parametrize("batching", ["natural", "pause"])
+@pytest.mark.parametrize("batching", ["adaptive", "natural", "pause"])
 def test_close_right_after_a_submit_still_sends_what_an_earlier_process_left(spool, make_envelope, batching):
     left = make_envelope(second=1)
     spool.write(left)  # an earlier process spooled it and died (Airflow 3: `dags test`, then exit)

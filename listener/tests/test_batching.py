@@ -1,5 +1,7 @@
-"""Natural batching, against moto server's SQS behind the proxy of ``tests/fakes/sqs_proxy.py``: an event
-goes out as soon as no send is in flight, and the events submitted while one is in flight go together.
+"""Batching, against moto server's SQS behind the proxy of ``tests/fakes/sqs_proxy.py``. Both the adaptive
+strategy (the default) and natural batching send a lone event as soon as no send is in flight, and the events
+submitted while one is in flight go together right after it; the adaptive one also holds a back-to-back burst
+until it pauses and sends it in full batches of ten.
 
 The proxy holds a request (``Gate.WAIT``) for as long as the test needs, so "while one is in flight"
 is a state the test observes, not a timing it hopes for.
@@ -8,6 +10,7 @@ is a state the test observes, not a timing it hopes for.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -46,7 +49,8 @@ def queue(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, proxy: SqsProxy, 
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
     direct = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
-    url = direct.create_queue(QueueName=f"batching-{request.node.name[:50]}")["QueueUrl"]
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[-60:]  # SQS: letters, digits, - and _; 80 at most
+    url = direct.create_queue(QueueName=f"batching-{name}")["QueueUrl"]
     yield url
     direct.delete_queue(QueueUrl=url)
 
@@ -59,20 +63,42 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
-def started_sender(spool: Any, url: str, proxy: SqsProxy, make_envelope: Callable[..., dict[str, Any]]) -> Any:
+def started_sender(
+    spool: Any,
+    url: str,
+    proxy: SqsProxy,
+    make_envelope: Callable[..., dict[str, Any]],
+    *,
+    batching: str = "adaptive",
+    burst_pause_s: float = NEVER_S,
+) -> Any:
     """A background sender with its client built and its start-up catch-up done (one event sent)."""
     sending = BackgroundSender(
-        Sender(SqsTransport(url), spool, budget_s=60.0), pause_s=NEVER_S, max_wait_s=NEVER_S, close_timeout_s=10.0
+        Sender(SqsTransport(url), spool, budget_s=60.0),
+        batching=batching,
+        pause_s=NEVER_S,
+        burst_pause_s=burst_pause_s,
+        max_wait_s=NEVER_S,
+        close_timeout_s=10.0,
     )
     sending.submit(make_envelope(uri="s3://bucket/warm-up"))
     wait_for(lambda: proxy.count(Gate.PASS) == 1 and spool.count() == 0, "the first event to be sent")
     return sending
 
 
+@pytest.mark.parametrize("batching", ["adaptive", "natural"])
 def test_a_lone_event_goes_at_once_and_those_submitted_meanwhile_go_together(
-    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]], moto_endpoint: str
+    *,
+    queue: str,
+    proxy: SqsProxy,
+    spool: Any,
+    make_envelope: Callable[..., dict[str, Any]],
+    moto_endpoint: str,
+    batching: str,
 ) -> None:
-    sending = started_sender(spool, queue, proxy, make_envelope)
+    # Every pause the sender could wait for (pause_s, burst_pause_s, max_wait_s) is NEVER_S: an event that
+    # waited for one would never be in flight.
+    sending = started_sender(spool, queue, proxy, make_envelope, batching=batching)
     proxy.set_gate(Gate.WAIT)
     first = make_envelope(second=1)
 
@@ -93,10 +119,11 @@ def test_a_lone_event_goes_at_once_and_those_submitted_meanwhile_go_together(
     sending.close()
 
 
+@pytest.mark.parametrize("batching", ["adaptive", "natural"])
 def test_a_burst_during_a_send_goes_in_full_batches(
-    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]]
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]], batching: str
 ) -> None:
-    sending = started_sender(spool, queue, proxy, make_envelope)
+    sending = started_sender(spool, queue, proxy, make_envelope, batching=batching)
     proxy.set_gate(Gate.WAIT)
     first = make_envelope(second=0, key="first")
     sending.submit(first)
@@ -111,4 +138,45 @@ def test_a_burst_during_a_send_goes_in_full_batches(
     wait_for(lambda: spool.count() == 0 and len(proxy.requests) == 5, "everything to be sent")
     assert [len(request.event_ids) for request in proxy.requests[1:]] == [1, 10, 10, 5]
     assert [i for request in proxy.requests[2:] for i in request.event_ids] == [e["id"] for e in burst]
+    sending.close()
+
+
+def test_a_back_to_back_burst_is_held_until_it_pauses_then_goes_in_full_batches(
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]]
+) -> None:
+    # Adaptive: nothing in flight, and the burst's first event is not sent alone (natural batching would:
+    # 1, then 10, 10, 4) but held with the rest until the submits pause. After the warm-up, any submit that
+    # follows another counts as the same burst (the lone window is NEVER_S), so how fast this test's loop runs
+    # cannot split it; the burst ends after a 1 s pause in submits.
+    sending = started_sender(spool, queue, proxy, make_envelope, burst_pause_s=1.0)
+    sending.lone_window_s = NEVER_S
+
+    burst = [make_envelope(second=n % 60, key=f"burst-{n}") for n in range(25)]
+    for envelope in burst:
+        sending.submit(envelope)
+
+    wait_for(lambda: spool.count() == 0, "everything to be sent")  # a request is recorded before its answer
+    assert [len(request.event_ids) for request in proxy.requests[1:]] == [10, 10, 5]
+    assert [i for request in proxy.requests[1:] for i in request.event_ids] == [e["id"] for e in burst]
+    sending.close()
+
+
+def test_a_lone_event_after_a_burst_goes_at_once(
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]]
+) -> None:
+    # Adaptive: once a burst is sent, the next event that comes alone is not held (burst pause NEVER_S).
+    sending = started_sender(spool, queue, proxy, make_envelope, burst_pause_s=0.2)
+    for n in range(12):
+        sending.submit(make_envelope(second=n, key=f"burst-{n}"))
+    wait_for(lambda: spool.count() == 0, "the burst to be sent")
+    sending.burst_pause_s = NEVER_S
+    proxy.set_gate(Gate.WAIT)
+
+    lone = make_envelope(second=30, key="lone")
+    sending.submit(lone)
+
+    wait_for(lambda: proxy.ids(Gate.WAIT) == [lone["id"]], "the lone event to be in flight")
+    proxy.set_gate(Gate.PASS)
+    proxy.release()
+    wait_for(lambda: spool.count() == 0, "the lone event to be sent")
     sending.close()

@@ -49,7 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BATCHING = ("natural", "pause")  # BackgroundSender's strategies; "pause" only to be measured against
+# BackgroundSender's strategies; "natural" and "pause" only to be measured against (bench/listener_cost.py)
+BATCHING = ("adaptive", "natural", "pause")
 
 
 @dataclass(frozen=True)
@@ -229,17 +230,22 @@ class BackgroundSender:
     starts and after a success. After a failure it backs off (doubling, capped) and leaves new
     envelopes in the spool meanwhile, so a dead queue costs one bounded attempt per back-off period.
 
-    Batching is natural (``batching="natural"``, the default): when no send is in flight, an envelope
-    goes at once; envelopes submitted while one is in flight wait for it and then go together, up to
-    MAX_BATCH per SendMessageBatch. A lone event pays one round trip, and a burst costs one call per
-    ten events.
+    Batching is adaptive (``batching="adaptive"``, the default). An envelope that comes alone (no other
+    ``submit`` within ``lone_window_s`` of it) goes at once, as do envelopes submitted while a send was in
+    flight once the submits have stopped: a lone event pays one round trip. While submits keep coming
+    back to back (a burst), the thread holds them until the burst pauses for ``burst_pause_s`` (at most
+    ``max_wait_s``), then sends them in batches of up to MAX_BATCH. The thread shares the GIL with the
+    caller (Airflow 3's api-server), and building and signing a request is CPU work that can delay a
+    system call the caller makes meanwhile by up to a switch interval (5 ms): in a burst it waits
+    until the caller is done instead of competing with it. While it holds, it sleeps, waking only
+    every ``burst_pause_s``, not at every submit.
 
-    ``batching="pause"`` is the earlier strategy, kept to be measured against (bench/listener_cost.py):
-    the thread shares the GIL with the caller (Airflow 3's api-server), and building the SQS client or
-    a request is CPU work that can delay a system call the caller makes meanwhile by up to a switch
-    interval, so it starts that work in a pause between ``submit`` calls (``pause_s`` without one), or
-    once the oldest waiting envelope has waited ``max_wait_s``. Either way the envelopes are on disk
-    all the while.
+    Two earlier strategies are kept to be measured against (bench/listener_cost.py). ``"natural"``:
+    an envelope goes at once when no send is in flight, and envelopes submitted while one is in flight
+    go together, up to MAX_BATCH, right after it (a burst is sent while it goes on). ``"pause"``: every
+    send waits for a pause of ``pause_s`` in the submits, or until the oldest waiting envelope has
+    waited ``max_wait_s`` (a lone event waits ``pause_s``). Whatever the strategy, the envelopes are
+    on disk all the while.
     """
 
     def __init__(
@@ -251,9 +257,11 @@ class BackgroundSender:
         min_backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         flush_batch: int = 100,
-        batching: str = "natural",
+        batching: str = "adaptive",
         pause_s: float = 0.05,
         max_wait_s: float = 1.0,
+        lone_window_s: float = 0.002,
+        burst_pause_s: float = 0.05,
     ) -> None:
         if batching not in BATCHING:
             raise ValueError(f"batching must be one of {BATCHING}, not {batching!r}")
@@ -261,6 +269,8 @@ class BackgroundSender:
         self.batching = batching
         self.pause_s = pause_s
         self.max_wait_s = max_wait_s
+        self.lone_window_s = lone_window_s
+        self.burst_pause_s = burst_pause_s
         self.close_timeout_s = close_timeout_s
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -357,7 +367,12 @@ class BackgroundSender:
 
     def _round(self, items: list[_Item]) -> bool:
         """Send ``items`` (and what joins them), then catch up on the spool if due; True when to stop."""
-        stop = self._await_pause(items) if self.batching == "pause" else self._take_queued(items)
+        if self.batching == "adaptive":
+            stop = self._await_burst_end(items)
+        elif self.batching == "pause":
+            stop = self._await_pause(items)
+        else:
+            stop = self._take_queued(items)
         for start in range(0, len(items), MAX_BATCH):
             self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
         if self._overflow:
@@ -379,6 +394,53 @@ class BackgroundSender:
             if isinstance(item, _Item):
                 items.append(item)
         return False
+
+    def _await_burst_end(self, items: list[_Item]) -> bool:
+        """Adaptive batching: return at once when ``items`` came alone or the submits have stopped; while
+        they come back to back, wait until they pause for ``burst_pause_s`` (at most ``max_wait_s``).
+        Adds what is queued to ``items``; True when the thread is to stop after sending them."""
+        if not items or self._stopping.is_set():
+            return self._drain(items)  # a catch-up round, or closing: nothing to wait for
+        started = time.monotonic()
+        calm = started - self._submitted_at
+        if calm >= self.lone_window_s:
+            return self._drain(items)  # it came alone, or during a send and the submits have stopped since
+        if self._queue.empty():
+            # Just submitted: alone, unless another submit follows within the window (the start of a burst).
+            try:
+                follow_up = self._queue.get(timeout=self.lone_window_s - calm)
+            except queue.Empty:
+                return False
+            if follow_up is _STOP:
+                return True
+            if isinstance(follow_up, _Item):
+                items.append(follow_up)
+        return self._hold_burst(items, started)
+
+    def _hold_burst(self, items: list[_Item], started: float) -> bool:
+        """Sleep until the submits pause for ``burst_pause_s`` (at most ``max_wait_s`` after ``started``),
+        taking what they queued at each wake (so the queue stays short); True when the thread is to stop."""
+        while True:
+            if self._drain(items):
+                return True
+            now = time.monotonic()
+            calm, waited = now - self._submitted_at, now - started
+            if calm >= self.burst_pause_s or waited >= self.max_wait_s or len(items) >= self._queue_size:
+                return False
+            if self._stopping.wait(min(self.burst_pause_s - calm, self.max_wait_s - waited)):
+                return self._drain(items)  # closing: send what is held now
+
+    def _drain(self, items: list[_Item]) -> bool:
+        """Add everything queued right now to ``items``; True when the thread is to stop after sending them."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return False
+            if item is _STOP:
+                return True
+            if isinstance(item, _Item):
+                items.append(item)
 
     def _await_pause(self, items: list[_Item]) -> bool:
         """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued
