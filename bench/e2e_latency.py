@@ -1,6 +1,7 @@
 """End-to-end latency of a forwarded event, run after run, and where the time goes.
 
-    VENV/bin/python bench/e2e_latency.py [--quick] [--out FILE] [--runs N] [--no-asset-watcher]
+    VENV/bin/python bench/e2e_latency.py [--quick] [--out FILE] [--runs N] [--trigger-runs N] [--no-trigger-dag]
+                                         [--no-asset-watcher]
 
 Everything is real and on 127.0.0.1: one local stack (`dataset-forwarder local up`: moto server with the resources of
 template.yaml, the Lambda-like event source long-polling the queue and running the real handler), one upstream
@@ -20,6 +21,13 @@ Per run, each step's time is read where that step is recorded, never by watching
   DAG run created               downstream REST (`queued_at` of the consumer run)
 The segments between consecutive path steps add up to the total; `delivered` happens off that path (the scheduler
 does not wait for the POST's answer to reach the handler), so it is shown aside.
+
+Target kinds (unless --no-trigger-dag), side by side with that asset-event row, measured after it: two more producers
+upstream, each matched by a `trigger_dag` target of its own that starts a DAG (schedule None) downstream, one over
+HTTPS (JWT, like the asset-event target), one through the local stack's MWAA emulator (the handler's boto3 `mwaa`
+client, SigV4, `InvokeRestApi` relayed to the same downstream). There the API call itself creates the run: the path
+ends at its `queued_at` (set inside the POST), with no downstream scheduler loop; the segment `handler_and_api` is
+handler invoked -> run created. Each run is found by the producer run id in its conf, and awaited until it succeeded.
 
 Baseline (unless --no-asset-watcher): Airflow 3's own event-driven scheduling. A second downstream Airflow 3.3.2
 (its own cached venv with the amazon and common-messaging providers) schedules its consumer on an Asset with an
@@ -68,10 +76,13 @@ from tests.e2e.local_forwarding import (  # noqa: E402
     LocalStackProcess,
     consumer_dag,
     listener_extras,
+    mwaa_spec,
     parse_time,
     produced_events,
     producer_dag,
     task_end,
+    trigger_run_id,
+    triggered_dag,
 )
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "e2e_latency_runs.json"
@@ -88,7 +99,33 @@ WATCHER_QUEUE = "bench-asset-watcher"
 GOAL_P50_S = 3.0
 SANE_TOTAL_S = 60.0  # a forwarded run slower than this is a broken setup, not a measurement
 CLOCK_SLACK_S = 0.005  # SentTimestamp and Powertools' log times have millisecond resolution; Airflow's microseconds
-SIZES = {"full": {"runs": 20, "watcher_runs": 20}, "quick": {"runs": 3, "watcher_runs": 2}}
+SIZES = {
+    "full": {"runs": 20, "trigger_runs": 20, "watcher_runs": 20},
+    "quick": {"runs": 3, "trigger_runs": 2, "watcher_runs": 2},
+}
+MWAA_ENVIRONMENT = "bench-mwaa"  # the local stack's MWAA emulator, relaying to the downstream
+DOWNSTREAM_PASSWORD_VARIABLE = "BENCH_DOWN_PASSWORD"  # noqa: S105 - a variable name, not a password
+
+
+@dataclass(frozen=True)
+class TriggerPath:
+    """A `trigger_dag` target of its own: a producer upstream whose event only it matches, and the DAG it starts."""
+
+    key: str  # the result's section
+    label: str
+    target: str
+    producer: str
+    uri: str
+    dag_id: str
+    mwaa: bool  # through the MWAA emulator's InvokeRestApi (IAM, SigV4) instead of HTTPS + JWT
+
+
+TRIGGER_PATHS = (
+    TriggerPath("trigger_dag", "trigger_dag over HTTPS (JWT)", "bench-trigger", "produce_trigger",
+                "s3://bench/e2e-latency/trigger", "triggered_latency", mwaa=False),
+    TriggerPath("mwaa_trigger_dag", "trigger_dag through the MWAA emulator (InvokeRestApi)", "bench-mwaa-trigger",
+                "produce_mwaa", "s3://bench/e2e-latency/mwaa", "triggered_mwaa", mwaa=True),
+)  # fmt: skip
 
 WATCHER_DAG = """
 from datetime import datetime, timezone
@@ -127,7 +164,7 @@ class Timeline:
     consumer_run_id: str
     task_end: float
     upstream_event: float
-    downstream_event: float
+    downstream_event: float | None  # none for trigger_dag: the API call creates the run itself
     run_created: float
     on_queue: float | None = None  # SQS SentTimestamp
     emitted: float | None = None  # the envelope's emitted_at (listener's clock, before SendMessage)
@@ -183,6 +220,20 @@ WATCHER_ASIDE = (
 )  # fmt: skip
 
 
+TRIGGER_PATH_SEGMENTS = (
+    FORWARDER_PATH[0],
+    FORWARDER_PATH[1],
+    FORWARDER_PATH[2],
+    Segment("handler_and_api", "handler invoked -> DAG run queued_at (routing, ledger, POST dagRuns creates the run)",
+            "invoked", "run_created"),
+)  # fmt: skip
+TRIGGER_ASIDE = (
+    FORWARDER_ASIDE[0],
+    Segment("downstream_api_answer", "DAG run queued_at -> `delivered` logged (rest of the POST, its answer, ledger)",
+            "run_created", "delivered"),
+)  # fmt: skip
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
     ordered = sorted(values)
@@ -228,17 +279,35 @@ def say(text: str) -> None:
     print(f"[e2e_latency {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def start_world(root: Path, cleanup: contextlib.ExitStack) -> World:
-    """The local stack, the upstream (listener) and the downstream (consumer) Airflow, and the target."""
+def start_world(root: Path, cleanup: contextlib.ExitStack, paths: tuple[TriggerPath, ...] = ()) -> World:
+    """The local stack, the upstream (listener) and the downstream (consumer) Airflow, and the targets.
+
+    With `paths`, the upstream also has their producers, the downstream their DAGs, and the stack's MWAA emulator
+    relays `MWAA_ENVIRONMENT` to the downstream.
+    """
     venv = ensure_airflow_venv(AIRFLOW_VERSION, listener_extras())
-    stack = LocalStackProcess(root / "local")
-    cleanup.callback(stack.down)
+    producers = {PRODUCER: URI} | {path.producer: path.uri for path in paths}
     upstream = AirflowDeployment(
-        venv, root / "upstream", name=UPSTREAM, dags={f"{PRODUCER}.py": producer_dag(3, PRODUCER, [URI])}
+        venv,
+        root / "upstream",
+        name=UPSTREAM,
+        dags={f"{dag_id}.py": producer_dag(3, dag_id, [uri]) for dag_id, uri in producers.items()},
     )
     downstream = AirflowDeployment(
-        venv, root / "downstream", name=DOWNSTREAM, dags={f"{CONSUMER}.py": consumer_dag(3, CONSUMER, [URI])}
+        venv,
+        root / "downstream",
+        name=DOWNSTREAM,
+        dags={f"{CONSUMER}.py": consumer_dag(3, CONSUMER, [URI])}
+        | {f"{path.dag_id}.py": triggered_dag(3, path.dag_id) for path in paths},
     )
+    mwaa = any(path.mwaa for path in paths)
+    stack = LocalStackProcess(
+        root / "local",
+        parameters={"MwaaEnvironments": MWAA_ENVIRONMENT} if mwaa else None,
+        mwaa_environments=[mwaa_spec(MWAA_ENVIRONMENT, downstream, DOWNSTREAM_PASSWORD_VARIABLE)] if mwaa else (),
+        env={DOWNSTREAM_PASSWORD_VARIABLE: downstream.user.password},
+    )
+    cleanup.callback(stack.down)
     started_deployments = [upstream, downstream]
     cleanup.callback(stop_all, started_deployments)
 
@@ -256,6 +325,11 @@ def start_world(root: Path, cleanup: contextlib.ExitStack) -> World:
     upstream.start()
     upstream.wait_healthy(timeout_s=120)
     stack.put_target(DOWNSTREAM, downstream, [URI])
+    for path in paths:
+        if path.mwaa:
+            stack.put_mwaa_target(path.target, MWAA_ENVIRONMENT, [path.uri], dag_id=path.dag_id)
+        else:
+            stack.put_target(path.target, downstream, [path.uri], dag_id=path.dag_id)
     say(f"local stack, {UPSTREAM} and {DOWNSTREAM} ready in {time.monotonic() - started:.1f} s")
     return World(stack, upstream, downstream, started_deployments)
 
@@ -266,10 +340,10 @@ def stop_all(deployments: list[AirflowDeployment]) -> None:
             job.result()
 
 
-def produce(upstream: AirflowDeployment) -> str:
+def produce(upstream: AirflowDeployment, dag_id: str = PRODUCER) -> str:
     """Trigger the producer and wait for its run to succeed; its run id."""
-    run_id = str(upstream.trigger_dag(PRODUCER)["dag_run_id"])
-    upstream.wait_for_dag_run(PRODUCER, where=lambda r: r["dag_run_id"] == run_id, timeout_s=120)
+    run_id = str(upstream.trigger_dag(dag_id)["dag_run_id"])
+    upstream.wait_for_dag_run(dag_id, where=lambda r: r["dag_run_id"] == run_id, timeout_s=120)
     return run_id
 
 
@@ -310,10 +384,10 @@ def next_run(
     return found
 
 
-def _upstream_event_time(upstream: AirflowDeployment, run_id: str) -> float:
-    events = [e for e in produced_events(upstream, PRODUCER, run_id) if e.get("uri") == URI]
+def _upstream_event_time(upstream: AirflowDeployment, run_id: str, dag_id: str = PRODUCER, uri: str = URI) -> float:
+    events = [e for e in produced_events(upstream, dag_id, run_id) if e.get("uri") == uri]
     if len(events) != 1:
-        raise AirflowError(f"[{upstream.name}] expected one event of {URI} from {run_id}, got {events}")
+        raise AirflowError(f"[{upstream.name}] expected one event of {uri} from {run_id}, got {events}")
     stamp = parse_time(events[0].get("timestamp"))
     assert stamp is not None, events
     return stamp
@@ -376,6 +450,93 @@ def measure_forwarder(world: World, runs: int, warmup: int) -> tuple[list[Timeli
         kind = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
         say(f"forwarder {kind}: {timeline.seconds(TOTAL):.3f} s")
     return warm, measured
+
+
+# ======================================================================================= trigger_dag targets
+
+
+def _conf_event(run: dict[str, Any]) -> dict[str, Any]:
+    event: dict[str, Any] = (run.get("conf") or {}).get("dataset_forwarder") or {}
+    return event
+
+
+def triggered_once(world: World, path: TriggerPath, seen: set[str]) -> Timeline:
+    """One producer run -> the run its `trigger_dag` target starts (found by the producer run id in its conf)."""
+    run_id = produce(world.upstream, path.producer)
+    downstream = world.downstream
+
+    def started() -> dict[str, Any] | None:
+        for run in downstream.dag_runs(path.dag_id):
+            if str(run["dag_run_id"]) in seen:
+                continue
+            if (_conf_event(run).get("source") or {}).get("run_id") != run_id:
+                raise AirflowError(f"[{downstream.name}] unexpected run of {path.dag_id}: {run}")
+            return run
+        return None
+
+    run: dict[str, Any] = poll(
+        started, timeout_s=90, what=f"[{downstream.name}] a new run of {path.dag_id}", diagnose=world.logs
+    )
+    seen.add(str(run["dag_run_id"]))
+    downstream.wait_for_dag_run(path.dag_id, where=lambda r: r["dag_run_id"] == run["dag_run_id"], timeout_s=120)
+    event_id = str(_conf_event(run).get("id"))
+    if run["dag_run_id"] != trigger_run_id(event_id):
+        raise AirflowError(f"[{downstream.name}] run id {run['dag_run_id']} is not made from event {event_id}")
+
+    def traced() -> EventTrace | None:
+        trace = world.stack.event_trace(event_id)
+        complete = trace.sent_at and trace.first_invoked_at and trace.delivered_at(path.target)
+        return trace if complete else None
+
+    trace: EventTrace = poll(
+        traced, timeout_s=30, what=f"the stack's log lines for event {event_id}", diagnose=world.logs
+    )
+    delivered = trace.lines("delivered", path.target)[0]
+    created = parse_time(run.get("queued_at"))
+    assert created is not None, run
+    runs_of_event = [r for r in downstream.dag_runs(path.dag_id) if _conf_event(r).get("id") == event_id]
+    return Timeline(
+        producer_run_id=run_id,
+        consumer_run_id=str(run["dag_run_id"]),
+        task_end=task_end(world.upstream, path.producer, run_id),
+        upstream_event=_upstream_event_time(world.upstream, run_id, path.producer, path.uri),
+        on_queue=trace.sent_at,
+        invoked=trace.first_invoked_at,
+        downstream_event=None,
+        delivered=trace.delivered_at(path.target),
+        run_created=created,
+        event_id=event_id,
+        delivery_ms=delivered.get("latency_ms"),
+        receive_count=max((entry.get("receive_count") or 0) for _, entry in trace.received) or None,
+        events_in_run=len(runs_of_event),  # here: the runs this event started (one)
+        copies=len({entry.get("message_id") for _, entry in trace.received}),
+    )
+
+
+def measure_trigger(world: World, path: TriggerPath, runs: int, warmup: int) -> tuple[list[Timeline], list[Timeline]]:
+    seen = {str(r["dag_run_id"]) for r in world.downstream.dag_runs(path.dag_id)}
+    measured: list[Timeline] = []
+    warm: list[Timeline] = []
+    for index in range(warmup + runs):
+        timeline = triggered_once(world, path, seen)
+        (warm if index < warmup else measured).append(timeline)
+        kind = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
+        say(f"{path.key} {kind}: {timeline.seconds(TOTAL):.3f} s")
+    return warm, measured
+
+
+def trigger_section(world: World, path: TriggerPath, runs: int, warmup: int) -> dict[str, Any]:
+    warm, measured = measure_trigger(world, path, runs, warmup)
+    segments = (*TRIGGER_PATH_SEGMENTS, TOTAL, *TRIGGER_ASIDE)
+    return {
+        "what": path.label,
+        "target": path.target,
+        "dag_id": path.dag_id,
+        "runs_asked": runs,
+        "summary": summarise(measured, TRIGGER_PATH_SEGMENTS, TRIGGER_ASIDE),
+        "warmup": [t.to_json(segments) for t in warm],
+        "runs": [t.to_json(segments) for t in measured],
+    }
 
 
 # =================================================================================================== the baseline
@@ -550,6 +711,8 @@ def check_sane(result: dict[str, Any]) -> list[str]:
             problems.append(f"run {run['producer_run_id']}: {run['events_in_run']} events merged into one run")
         if run["receive_count"] != 1:
             problems.append(f"run {run['producer_run_id']}: received {run['receive_count']} times (retried)")
+    for path in TRIGGER_PATHS:
+        problems += _trigger_problems(path, result.get(path.key))
     watcher = result.get("asset_watcher") or {}
     if watcher.get("failed"):
         problems.append(f"the asset watcher baseline failed: {watcher['not_run_reason'][:300]}")
@@ -565,11 +728,60 @@ def check_sane(result: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _trigger_problems(path: TriggerPath, section: dict[str, Any] | None) -> list[str]:
+    if section is None:
+        return []
+    problems = []
+    if len(section["runs"]) != section["runs_asked"]:
+        problems.append(f"{len(section['runs'])} {path.key} runs measured, {section['runs_asked']} asked for")
+    for run in section["warmup"] + section["runs"]:
+        name, segments = f"{path.key} run {run['producer_run_id']}", run["segments_s"]
+        missing = [key for key, value in segments.items() if value is None]
+        if missing:
+            problems.append(f"{name}: no time for {missing}")
+            continue
+        steps = [segments[s.name] for s in TRIGGER_PATH_SEGMENTS]
+        if min(steps) < -CLOCK_SLACK_S:
+            problems.append(f"{name}: a negative segment {segments}")
+        if abs(sum(steps) - segments["total"]) > 0.002 * len(steps):
+            problems.append(f"{name}: segments do not add up to the total {segments}")
+        if not 0 < segments["total"] < SANE_TOTAL_S:
+            problems.append(f"{name}: total {segments['total']} s")
+        if run["events_in_run"] != 1:
+            problems.append(f"{name}: the event started {run['events_in_run']} runs")
+        if run["receive_count"] != 1:
+            problems.append(f"{name}: received {run['receive_count']} times (retried)")
+    return problems
+
+
 def _rows(summary: dict[str, Any]) -> list[str]:
     lines = ["| segment | from -> to | p50 s | p95 s | max s |", "|---|---|---|---|---|"]
     for name, row in summary.items():
         label = {"path": name, "total": f"**{name}**", "aside": f"({name})"}[row["role"]]
         lines.append(f"| {label} | {row['what']} | {row['p50_s']:.3f} | {row['p95_s']:.3f} | {row['max_s']:.3f} |")
+    return lines
+
+
+def _comparison(result: dict[str, Any], sections: list[tuple[TriggerPath, dict[str, Any]]]) -> list[str]:
+    """The target kinds side by side: producer task success -> downstream DAG run created, and the handler's part."""
+    forwarder = result["forwarder"]["summary"]
+    rows = [
+        ("asset_event over HTTPS (JWT): run made by the downstream scheduler", forwarder, "handler"),
+        *(
+            (f"{path.label}: run made by the API call", section["summary"], "handler_and_api")
+            for path, section in sections
+        ),
+    ]
+    lines = [
+        "| target | runs | total p50 s | total p95 s | total max s | handler (+API) p50 s | delivered p50 s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, summary, handler in rows:
+        total, part, until = summary["total"], summary[handler], summary["handler_until_delivered"]
+        lines.append(
+            f"| {label} | {total['n']} | **{total['p50_s']:.3f}** | {total['p95_s']:.3f} | {total['max_s']:.3f} "
+            f"| {part['p50_s']:.3f} | {until['p50_s']:.3f} |"
+        )
     return lines
 
 
@@ -584,6 +796,17 @@ def _table(result: dict[str, Any]) -> str:
         "",
         f"goal p50 < {result['goal']['p50_total_under_s']:g} s: {'met' if result['goal']['met'] else 'NOT met'}",
     ]
+    sections = [(path, result[path.key]) for path in TRIGGER_PATHS if result.get(path.key)]
+    if sections:
+        lines += ["", *_comparison(result, sections)]
+    for path, section in sections:
+        warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in section["warmup"]) or "none"
+        lines += [
+            "",
+            f"{path.label}: {section['summary']['total']['n']} runs (warm-up, not counted: {warm})",
+            "",
+            *_rows(section["summary"]),
+        ]
     watcher = result.get("asset_watcher") or {}
     if watcher.get("summary"):
         warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in watcher["warmup"]) or "none"
@@ -619,7 +842,8 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         },
     }
     with contextlib.ExitStack() as cleanup:
-        world = start_world(root, cleanup)
+        paths = () if args.no_trigger_dag else TRIGGER_PATHS
+        world = start_world(root, cleanup, paths)
         event_source = {k: world.stack.stack.get(k) for k in ("batch_size", "batching_window_s", "maximum_concurrency")}
         result["settings"] = {
             "airflow": AIRFLOW_VERSION,
@@ -639,6 +863,9 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "runs": [t.to_json((*FORWARDER_PATH, TOTAL, *FORWARDER_ASIDE)) for t in measured],
         }
         result["goal"] = {"p50_total_under_s": GOAL_P50_S, "met": summary["total"]["p50_s"] < GOAL_P50_S}
+        trigger_runs = args.trigger_runs or size["trigger_runs"]
+        for path in paths:  # before the baseline, which stops the downstream
+            result[path.key] = trigger_section(world, path, trigger_runs, args.warmup)
         result["asset_watcher"] = baseline(args, world, root, size)
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -682,11 +909,17 @@ def _interrupt(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 forwarder runs, 2 baseline runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 3 forwarder runs, 2 of each trigger_dag row, 2 baseline runs"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file (default: %(default)s)")
     parser.add_argument("--runs", type=int, help="forwarder runs to measure (default: 20, --quick: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="runs before the measured ones (default: %(default)s)")
     parser.add_argument("--no-asset-watcher", action="store_true", help="skip the AssetWatcher baseline")
+    parser.add_argument(
+        "--no-trigger-dag", action="store_true", help="skip the trigger_dag rows (HTTPS and MWAA emulator)"
+    )
+    parser.add_argument("--trigger-runs", type=int, help="runs of each trigger_dag row (default: 20, --quick: 2)")
     parser.add_argument("--watcher-runs", type=int, help="baseline runs (default: 20, --quick: 2)")
     parser.add_argument(
         "--watcher-poll-interval", type=int, help="the trigger's waiter_delay in s (default: the provider's own)"

@@ -5,7 +5,8 @@
     poller + the real handler)  ->  downstream team-b (Airflow 3, consumer DAGs scheduled on the datasets)
 
 Steps, one line each: the Airflow venv, the local stack, both deployments, the target registered with the CLI,
-a producer run and its timeline down to the consumer's DAG run; then a delivery that fails (team-b has no DAG on
+a producer run and its timeline down to the consumer's DAG run; a `trigger_dag` target that starts a DAG with the
+event in its conf; then a delivery that fails (team-b has no DAG on
 the new dataset yet) and ends in the DLQ, the fix, `dlq redrive`, and the consumer's one run. Exit 1 if anything
 did not happen. Everything it starts is stopped at the end; `make demo-down` (`run_demo.py --down`) stops what an
 interrupted run left, by the PIDs in its state file.
@@ -48,6 +49,8 @@ from tests.e2e.local_forwarding import (  # noqa: E402
     parse_time,
     producer_dag,
     task_end,
+    trigger_run_id,
+    triggered_dag,
     wait_for_forwarded_run,
     wait_until,
 )
@@ -55,6 +58,7 @@ from tests.e2e.local_forwarding import (  # noqa: E402
 AIRFLOW_VERSION = os.environ.get("DEMO_AIRFLOW_VERSION", "3.3.2")
 UPSTREAM, DOWNSTREAM = "team-a", "team-b"
 BEARS, WOLVES, LAKE = "s3://lake/bears", "s3://lake/wolves", "s3://lake/*"
+REPORT, REFRESH_TARGET, REFRESH_DAG = "s3://reports/daily", "team-b-refresh", "refresh_dashboards"
 SECRET_VARIABLE = "TEAM_B_PASSWORD"  # noqa: S105 - the name of the variable that holds it
 STATE_NAME = "state.json"
 
@@ -236,8 +240,12 @@ def set_up(demo: Demo) -> World:
         producers = {
             "produce_bears.py": producer_dag(3, "produce_bears", [BEARS]),
             "produce_wolves.py": producer_dag(3, "produce_wolves", [WOLVES]),
+            "produce_report.py": producer_dag(3, "produce_report", [REPORT]),
         }
-        consumers = {"consume_bears.py": consumer_dag(3, "consume_bears", [BEARS])}
+        consumers = {
+            "consume_bears.py": consumer_dag(3, "consume_bears", [BEARS]),
+            f"{REFRESH_DAG}.py": triggered_dag(3, REFRESH_DAG),
+        }
         listener = stack.upstream_env(UPSTREAM, demo.root / "spool")
         with ThreadPoolExecutor(2) as pool:
             up = pool.submit(start_deployment, demo, venv, UPSTREAM, producers, listener)
@@ -261,6 +269,17 @@ def set_up(demo: Demo) -> World:
         )
         done(f"dataset-forwarder {' '.join(command).replace(LAKE, repr(LAKE))}")
         demo.detail(f"targets test {DOWNSTREAM}: {_checks(checked)}")
+
+    # registered before the first event: the function caches targets for CONFIG_TTL_S (the template's default)
+    with demo.step("register a trigger_dag target") as done:
+        command = [
+            *("targets", "put", REFRESH_TARGET, "--url", downstream.url, "--dataset", REPORT),
+            *("--action", "trigger_dag", "--dag-id", REFRESH_DAG),
+            *("--auth", "airflow-token", "--username", downstream.user.username),
+            *("--token-env", SECRET_VARIABLE, "--allow-http"),
+        ]
+        stack.cli(*command, env={SECRET_VARIABLE: downstream.user.password})
+        done(f"dataset-forwarder {' '.join(command)}")
     return world
 
 
@@ -299,6 +318,34 @@ def happy_path(demo: Demo, world: World) -> None:
         ]
         shown = ", ".join(f"{what} +{at - task_done:.2f} s" for what, at in steps if at is not None)
         done(f"produce_bears again, everything warm: task success -> {shown}")
+
+
+def trigger_path(demo: Demo, world: World) -> None:
+    upstream, downstream = world.upstream, world.downstream
+    with demo.step("triggered DAG run") as done:
+        run_id = upstream.trigger_dag("produce_report")["dag_run_id"]
+        upstream.wait_for_dag_run("produce_report", where=lambda r: r["dag_run_id"] == run_id, timeout_s=120)
+
+        def started() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in downstream.dag_runs(REFRESH_DAG)
+                if ((r.get("conf") or {}).get("dataset_forwarder") or {}).get("source", {}).get("run_id") == run_id
+            ]
+
+        [run] = wait_until(started, f"a run of {REFRESH_DAG} on {DOWNSTREAM}", timeout_s=60, interval_s=0.1)
+        downstream.wait_for_dag_run(REFRESH_DAG, where=lambda r: r["dag_run_id"] == run["dag_run_id"])
+        event = run["conf"]["dataset_forwarder"]
+        if run["dag_run_id"] != trigger_run_id(event["id"]) or event["trail"] != [UPSTREAM]:
+            raise StepFailed(f"{REFRESH_DAG} ran without the forwarded event: {run}")
+        created = parse_time(run.get("queued_at"))
+        latency = f"{created - task_end(upstream, 'produce_report', run_id):.2f} s" if created else "?"
+        done(
+            f"produce_report ran on {UPSTREAM}; {DOWNSTREAM} ran {REFRESH_DAG} (run {run['dag_run_id']}), its task "
+            f"read the event from dag_run.conf; producer task success -> DAG run created: {latency}"
+        )
+        shown = {k: event[k] for k in ("id", "uri", "extra", "trail")}
+        demo.detail(f'dag_run.conf["dataset_forwarder"]: {json.dumps(shown, sort_keys=True)}')
 
 
 def failing_path(demo: Demo, world: World) -> None:
@@ -352,6 +399,7 @@ def run(demo: Demo) -> None:
     )
     world = set_up(demo)
     happy_path(demo, world)
+    trigger_path(demo, world)
     failing_path(demo, world)
 
 

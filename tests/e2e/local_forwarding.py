@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,10 +68,18 @@ class LocalStackProcess:
         *,
         parameters: Mapping[str, str] | None = None,
         handler_env: Mapping[str, str] | None = None,
+        mwaa_environments: Sequence[str] = (),
+        mwaa_allow: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`mwaa_environments`/`mwaa_allow`: `local up --mwaa-environment/--mwaa-allow` values (see `mwaa_spec`);
+        `env`: variables for the `local up` process only (the passwords those specs name with password-env=)."""
         self.state_dir = state_dir
         self.parameters = dict(parameters or {})
         self.handler_env = dict(handler_env or {})
+        self.mwaa_environments = list(mwaa_environments)
+        self.mwaa_allow = list(mwaa_allow)
+        self.up_env = dict(env or {})
         self.state: dict[str, Any] = {}
         self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in _AWS_NOISE}
         inherited = [self.base_env["PYTHONPATH"]] if self.base_env.get("PYTHONPATH") else []
@@ -82,7 +91,11 @@ class LocalStackProcess:
             args += ["--parameter", f"{key}={value}"]
         for key, value in self.handler_env.items():
             args += ["--handler-env", f"{key}={value}"]
-        done = self._run(args, env=self.base_env, timeout_s=timeout_s + 30)
+        for spec in self.mwaa_environments:
+            args += ["--mwaa-environment", spec]
+        for entry in self.mwaa_allow:
+            args += ["--mwaa-allow", entry]
+        done = self._run(args, env={**self.base_env, **self.up_env}, timeout_s=timeout_s + 30)
         if done.returncode != 0:
             raise RuntimeError(f"local up failed ({done.returncode}):\n{done.stderr}\n{done.stdout}\n{self.log_tail()}")
         self.state = json.loads(done.stdout)
@@ -130,14 +143,82 @@ class LocalStackProcess:
             raise RuntimeError(f"dataset-forwarder {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
         return done
 
-    def put_target(self, name: str, deployment: AirflowDeployment, datasets: Sequence[str]) -> None:
-        """`dataset-forwarder targets put` for a deployment, with its first user's credentials (JWT on 3.x)."""
+    def put_target(
+        self,
+        name: str,
+        deployment: AirflowDeployment,
+        datasets: Sequence[str],
+        *,
+        dag_id: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        """`dataset-forwarder targets put` for a deployment, with its first user's credentials (JWT on 3.x).
+
+        With `dag_id`, a `trigger_dag` target of that DAG; `password` replaces the user's (a wrong one, on purpose).
+        """
         auth = ["--auth", "airflow-token"] if deployment.major >= 3 else ["--auth", "basic"]
         args = ["targets", "put", name, "--url", deployment.url, "--allow-http", *auth]
-        args += ["--username", deployment.user.username, "--token-env", "PASSWORD"]
+        args += ["--username", deployment.user.username, "--token-env", "PASSWORD", *_action_args(dag_id)]
         for uri in datasets:
             args += ["--dataset", uri]
-        self.cli(*args, env={"PASSWORD": deployment.user.password})
+        self.cli(*args, env={"PASSWORD": deployment.user.password if password is None else password})
+
+    def put_mwaa_target(
+        self, name: str, environment: str, datasets: Sequence[str], *, dag_id: str | None = None, role_arn: str = ""
+    ) -> None:
+        """`dataset-forwarder targets put NAME --mwaa-environment ENVIRONMENT` (IAM, no secret); `trigger_dag` with
+        `dag_id`; `role_arn` assumed through STS for a cross-account environment."""
+        args = ["targets", "put", name, "--mwaa-environment", environment, *_action_args(dag_id)]
+        if role_arn:
+            args += ["--role-arn", role_arn]
+        for uri in datasets:
+            args += ["--dataset", uri]
+        self.cli(*args)
+
+    def send_envelope(
+        self, uri: str, extra: Mapping[str, Any] | None = None, *, event_id: str | None = None, deployment: str = "e2e"
+    ) -> dict[str, Any]:
+        """Put one envelope on the events queue as the listener would (no upstream Airflow); the envelope.
+
+        Like `send-test-event`, but `event_id` may be chosen, e.g. to create its `trigger_dag` run beforehand.
+        """
+        import boto3
+
+        env = self.cli_env()
+        envelope = {
+            "version": 1,
+            "id": event_id or uuid.uuid4().hex,
+            "uri": uri,
+            "name": uri,
+            "extra": dict(extra or {}),
+            "source": {
+                "deployment": deployment,
+                "airflow_version": None,
+                "dag_id": "e2e_sender",
+                "task_id": "send",
+                "run_id": f"manual__{uuid.uuid4().hex[:8]}",
+                "map_index": None,
+            },
+            "emitted_at": datetime.now(UTC).isoformat(),
+            "trail": [deployment],
+            "only_targets": None,
+        }
+        sqs = boto3.client(
+            "sqs",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+        attributes = {
+            "uri": {"DataType": "String", "StringValue": uri},
+            "event_id": {"DataType": "String", "StringValue": envelope["id"]},
+            "source_deployment": {"DataType": "String", "StringValue": deployment},
+        }
+        sqs.send_message(
+            QueueUrl=env["DATASET_FORWARDER_QUEUE_URL"], MessageBody=json.dumps(envelope), MessageAttributes=attributes
+        )
+        return envelope
 
     def dead_letters(self, **filters: str) -> list[dict[str, Any]]:
         args = ["dlq", "list", "--json"]
@@ -189,6 +270,17 @@ class LocalStackProcess:
             r for r in records if r.get("event_id") == event_id and r.get("service") != "local-event-source"
         ]
         return EventTrace(event_id, received, handler_lines)
+
+
+def _action_args(dag_id: str | None) -> list[str]:
+    return ["--action", "trigger_dag", "--dag-id", dag_id] if dag_id else []
+
+
+def mwaa_spec(environment: str, deployment: AirflowDeployment, password_env: str) -> str:
+    """A `local up --mwaa-environment` value relaying `environment` to `deployment` as its first user, whose
+    password `local up` reads from the variable `password_env` (see `LocalStackProcess(env=...)`)."""
+    user = deployment.user.username
+    return f"{environment}={deployment.url},airflow={deployment.major},user={user},password-env={password_env}"
 
 
 @dataclass
@@ -269,6 +361,30 @@ with DAG(
         return 1
 
     consume()
+"""
+
+
+def triggered_dag(major: int, dag_id: str) -> str:
+    """A DAG with no schedule, for `trigger_dag` targets: its task `check` fails unless the run's conf carries a
+    forwarded event (`dataset_forwarder` with id, uri and trail), so a successful run proves the conf arrived."""
+    if major >= 3:
+        header = "from airflow.sdk import DAG, task"
+    else:
+        header = "from airflow import DAG\nfrom airflow.decorators import task"
+    return f"""
+from datetime import datetime, timezone
+
+{header}
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
+    @task
+    def check(**context):
+        event = (context["dag_run"].conf or {{}})[{LINEAGE!r}]
+        if not (event["id"] and event["uri"] and event["trail"]):
+            raise ValueError(f"not a forwarded event: {{event}}")
+        return event["id"]
+
+    check()
 """
 
 
@@ -427,3 +543,18 @@ def asset_events(deployment: AirflowDeployment, uri: str) -> list[dict[str, Any]
 
 def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 60, interval_s: float = 0.2) -> Any:
     return poll(check, timeout_s=timeout_s, what=what, interval_s=interval_s, diagnose=lambda: "")
+
+
+def trigger_run_id(event_id: str) -> str:
+    """The run id a `trigger_dag` target gives the run it starts for an event (DESIGN 9.3)."""
+    return f"dataset_forwarder__{event_id}"
+
+
+def runs_of_event(deployment: AirflowDeployment, dag_id: str, event_id: str) -> list[dict[str, Any]]:
+    """Runs of `dag_id` whose conf carries the forwarded event `event_id`, or whose run id is made from it."""
+    return [
+        run
+        for run in deployment.dag_runs(dag_id)
+        if ((run.get("conf") or {}).get(LINEAGE) or {}).get("id") == event_id
+        or run["dag_run_id"] == trigger_run_id(event_id)
+    ]

@@ -1,4 +1,5 @@
-"""Smoke test of bench/e2e_latency.py: a --quick run through the whole real path gives sane, complete numbers.
+"""Smoke test of bench/e2e_latency.py: a --quick run through the whole real path gives sane, complete numbers, for the
+asset-event target and the two trigger_dag rows (HTTPS, MWAA emulator).
 
 The bench starts everything itself (local stack, two Airflow 3.3.2 deployments) from the cached venv the
 `airflow3_venv` fixture provides, and stops it all on SIGTERM too. The AssetWatcher baseline is left out here: at its
@@ -19,11 +20,12 @@ import pytest
 from tests.e2e.conftest import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench" / "e2e_latency.py"
-RUN_TIMEOUT_S = 480  # a cached smoke run takes 1.5-4 min (idle to busy machine); past this, stop it and fail
+RUN_TIMEOUT_S = 600  # a cached smoke run takes 2-5 min (idle to busy machine); past this, stop it and fail
 PATH_SEGMENTS = ["upstream_airflow", "listener", "queue_wait", "handler", "downstream_scheduler"]
+TRIGGER_SEGMENTS = ["upstream_airflow", "listener", "queue_wait", "handler_and_api"]
 
 
-def test_quick_e2e_latency_bench_times_every_segment_of_three_forwarded_runs(
+def test_quick_e2e_latency_bench_times_every_segment_of_forwarded_runs_for_each_target_kind(
     airflow3_venv: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results" / "e2e_latency_runs.json"
@@ -67,5 +69,24 @@ def test_quick_e2e_latency_bench_times_every_segment_of_three_forwarded_runs(
         assert run["downstream_event"] <= run["run_created"], run
         assert run["events_in_run"] == 1, run
 
+    # trigger_dag rows, over HTTPS and through the MWAA emulator: the API call creates the run, 2 runs each
+    for key in ("trigger_dag", "mwaa_trigger_dag"):
+        section = result[key]
+        assert len(section["runs"]) == 2, section
+        assert len(section["warmup"]) == 1, section
+        for name in [*TRIGGER_SEGMENTS, "total", "handler_until_delivered", "downstream_api_answer"]:
+            row = section["summary"][name]
+            assert row["n"] == 2, (key, row)
+            assert row["p50_s"] <= row["p95_s"] <= row["max_s"], (key, row)
+        for run in section["runs"]:
+            segments = run["segments_s"]
+            assert sum(segments[name] for name in TRIGGER_SEGMENTS) == pytest.approx(segments["total"], abs=0.01), run
+            assert 0 < segments["total"] < 60, run
+            assert run["task_end"] < run["on_queue"] <= run["invoked"] < run["run_created"] < run["delivered"], run
+            assert run["consumer_run_id"] == f"dataset_forwarder__{run['event_id']}", run
+            assert run["downstream_event"] is None, run
+            assert run["events_in_run"] == 1, run
+
     assert result["asset_watcher"]["not_run_reason"].startswith("skipped")
     assert "| **total** |" in stdout, stdout
+    assert "| trigger_dag through the MWAA emulator (InvokeRestApi): run made by the API call | 2 |" in stdout, stdout
