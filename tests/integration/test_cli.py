@@ -516,3 +516,43 @@ def test_queue_urls_are_discovered_from_the_stack_outputs(stack: ForwarderStack)
     )
     assert missing.exit_code == 1
     assert "Traceback" not in missing.output
+
+
+def test_targets_put_list_and_test_an_mwaa_trigger_dag_target(
+    run: Callable[..., Result],
+    airflow: Callable[..., FakeAirflow],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every kind through the CLI: an MWAA way in (the local emulation, IAM) with the trigger_dag action."""
+    from dataset_forwarder_cli.local.mwaa import MwaaEmulator
+
+    fake = airflow("3", auth="airflow-token")
+    fake.add_dag("refresh_dashboards", paused=True)
+    with MwaaEmulator() as emulator:
+        emulator.add_environment("team-c-prod", fake.url, airflow="3", username="admin", password="admin-pw")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_MWAA", emulator.endpoint)
+        saved = run(
+            "targets", "put", "team-c", "--mwaa-environment", "team-c-prod", "--action", "trigger_dag",
+            "--dag-id", "refresh_dashboards", "--dataset", "dagrun://team-a/etl_daily/success",
+        )  # fmt: skip
+        with_auth = run("targets", "put", "bad", "--mwaa-environment", "x", "--auth", "bearer", "--dataset", BEARS)
+        listed = json.loads(run("targets", "list", "--json").output)
+        shown = json.loads(run("targets", "show", "team-c", "--json").output)
+        tested = run("targets", "test", "team-c", "--json")
+
+    assert saved.exit_code == 0, saved.output
+    assert "MWAA team-c-prod" in saved.output
+    assert with_auth.exit_code == 1
+    assert "IAM" in with_auth.output
+    [entry] = listed["targets"]
+    assert (entry["name"], entry["mwaa"]["environment"], entry["action"]) == ("team-c", "team-c-prod", "trigger_dag")
+    assert shown["mwaa"] == {"environment": "team-c-prod"}
+    assert (shown["action"], shown["dag_id"]) == ("trigger_dag", "refresh_dashboards")
+    assert "auth" not in shown
+    report = json.loads(tested.output)
+    assert report["ok"] is True, report
+    checks = {check["name"]: check for check in report["checks"]}
+    assert "MWAA team-c-prod" in checks["api"]["detail"]
+    assert "IAM" in checks["credentials"]["detail"]
+    assert "paused" in checks["dag refresh_dashboards"]["detail"]
+    assert fake.dag_runs == []  # checks only read
