@@ -30,7 +30,7 @@ DEFAULT_STACK_NAME = "dataset-forwarder-local"
 DEFAULT_REGION = "us-east-1"
 HOST = "127.0.0.1"
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Variables of the forwarder's own contract (README, configuration) that the local stack reads back from the function.
+# Variables of the forwarder's own contract (docs/operate.md) that the local stack reads back from the function.
 DLQ_VARIABLE = "DEAD_LETTER_QUEUE_URL"
 TABLE_VARIABLE = "IDEMPOTENCY_TABLE"
 TARGETS_VARIABLE = "TARGETS_PATH"

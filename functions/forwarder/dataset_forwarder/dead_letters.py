@@ -1,4 +1,4 @@
-"""Dead letters: one DLQ message per failed (event, target), with the reason (README, "Dead letters")."""
+"""Dead letters: one DLQ message per failed (event, target), with the reason (docs/operate.md, "Dead letters")."""
 
 from __future__ import annotations
 

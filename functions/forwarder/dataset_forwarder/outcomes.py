@@ -20,7 +20,7 @@ BODY_EXCERPT = 300
 MAX_RETRY_AFTER_S = 86400.0  # a longer Retry-After is nonsense; the caller caps lower anyway
 TRANSIENT_STATUSES = frozenset({408, 429})
 
-# The dead-letter `error` values that are not http_NNN (README, "Dead letters").
+# The dead-letter `error` values that are not http_NNN (docs/operate.md, "Dead letters").
 TIMEOUT = "timeout"
 CONNECTION = "connection"
 UNKNOWN_DATASET = "unknown_dataset"

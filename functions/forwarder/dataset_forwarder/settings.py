@@ -77,7 +77,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the function reads from its environment (the README's configuration table), validated."""
+    """Everything the function reads from its environment (docs/operate.md, configuration), validated."""
 
     dead_letter_queue_url: str
     idempotency_table: str
