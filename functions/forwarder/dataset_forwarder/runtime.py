@@ -100,8 +100,16 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
     )
     session = boto3.session.Session()
     ssm = session.client("ssm", config=boto_config)
+    # A boto3 session is not thread-safe (its clients are): clients made later, from delivery threads, are made
+    # one at a time under this lock.
+    making = threading.Lock()
+
+    def make_sqs() -> Any:
+        with making:
+            return session.client("sqs", config=boto_config)
+
     # Only dead letters and retries use SQS: a cold start whose deliveries succeed never builds its client.
-    sqs = _OnFirstUse(lambda: session.client("sqs", config=boto_config))
+    sqs = _OnFirstUse(make_sqs)
     provider = SSMProvider(boto3_client=ssm)
     stats = Stats()
 
@@ -143,7 +151,7 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
             Services(
                 transport=http_transport(settings.max_workers),
                 secrets=SecretStore(fetch_secret, ttl_s=settings.config_ttl_s),
-                mwaa=MwaaClients(lambda: session, endpoint_override=settings.mwaa_endpoint_override),
+                mwaa=MwaaClients(lambda: session, endpoint_override=settings.mwaa_endpoint_override, making=making),
             )
         ),
         ledger=ledger,

@@ -115,7 +115,9 @@ class MwaaClients:
         *,
         endpoint_override: bool,
         clock: Callable[[], float] = time.time,
+        making: threading.Lock | None = None,
     ) -> None:
+        """`making`: the lock every client of `session` is made under (a boto3 session is not thread-safe)."""
         self._session = session
         self._endpoint_override = endpoint_override
         self._clock = clock
@@ -123,6 +125,7 @@ class MwaaClients:
         self._clients: dict[tuple[Any, ...], Any] = {}
         self._credentials: dict[str, tuple[dict[str, str], float]] = {}
         self._flight = SingleFlight()
+        self._making = making or threading.Lock()
 
     def client(self, region: str | None, role_arn: str | None, timeout_s: float) -> Any:
         credentials = self._assumed(role_arn, timeout_s) if role_arn else None
@@ -154,7 +157,8 @@ class MwaaClients:
                 "aws_secret_access_key": credentials["SecretAccessKey"],
                 "aws_session_token": credentials["SessionToken"],
             }
-        return self._session().client("mwaa", region_name=region, config=config, **keys)
+        with self._making:
+            return self._session().client("mwaa", region_name=region, config=config, **keys)
 
     def _assumed(self, role_arn: str, timeout_s: float) -> dict[str, str]:
         now = self._clock()
@@ -175,13 +179,11 @@ class MwaaClients:
             retries={"mode": "standard", "total_max_attempts": 1},
             user_agent_extra="airflow-dataset-forwarder",
         )
+        with self._making:
+            sts = self._session().client("sts", config=config)
         try:
-            answer = (
-                self._session()
-                .client("sts", config=config)
-                .assume_role(
-                    RoleArn=role_arn, RoleSessionName="dataset-forwarder", DurationSeconds=ASSUME_ROLE_DURATION_S
-                )
+            answer = sts.assume_role(
+                RoleArn=role_arn, RoleSessionName="dataset-forwarder", DurationSeconds=ASSUME_ROLE_DURATION_S
             )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "error")
