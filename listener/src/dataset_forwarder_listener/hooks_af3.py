@@ -3,8 +3,10 @@
 Airflow 3.2+ calls ``on_asset_event_emitted`` with the event's extra and source ids. Airflow
 3.0 and 3.1 only have ``on_asset_changed(asset)``: there the event's extra and source are not
 available, so the envelope carries ``extra: {}`` and a null source, and the loop guard cannot
-see an incoming trail. Exactly one of the two hooks is defined, chosen once at import, so an
-event is never forwarded twice on 3.2+ (where both fire).
+see an incoming trail, unless ``manager_af3.ForwardingAssetManager`` is configured: it forwards the
+events it registers, with all of that, and ``on_asset_changed`` leaves those alone. Exactly one of
+the two hooks is defined, chosen once at import, so an event is never forwarded twice on 3.2+
+(where both fire).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from airflow.listeners import hookimpl
@@ -40,6 +45,21 @@ HAS_EVENT_HOOK = _asset_hookspec_has("on_asset_event_emitted")
 _call_keys = random.Random()  # noqa: S311 (unique keys, not secrets)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_call_keys.seed)
+
+
+# Set while ``manager_af3.ForwardingAssetManager`` registers an event, which it forwards itself; Airflow calls
+# ``on_asset_changed`` inside that registration, in the same thread.
+_manager_forwards: ContextVar[bool] = ContextVar("dataset_forwarder_manager_forwards", default=False)
+
+
+@contextmanager
+def registering() -> Iterator[None]:
+    """Within: the forwarding asset manager forwards the event being registered, the hook does not."""
+    token = _manager_forwards.set(True)
+    try:
+        yield
+    finally:
+        _manager_forwards.reset(token)
 
 
 def call_key() -> str:
@@ -76,6 +96,24 @@ def event_from_asset(asset: Any) -> UpstreamEvent:
     return UpstreamEvent(uri=asset.uri, name=getattr(asset, "name", None), event_key=call_key())
 
 
+def event_from_registered(asset_event: Any, asset: Any) -> UpstreamEvent:
+    """Read the ``AssetEvent`` row Airflow 3.0/3.1's asset manager registered (flushed: it has its id and
+    timestamp) and the asset it was registered for (``Asset``, ``AssetModel`` or ``AssetUniqueKey``)."""
+    partition_key = getattr(asset_event, "partition_key", None)
+    return UpstreamEvent(
+        uri=asset.uri,
+        name=getattr(asset, "name", None),
+        extra=asset_event.extra,
+        dag_id=asset_event.source_dag_id,
+        task_id=asset_event.source_task_id,
+        run_id=asset_event.source_run_id,
+        map_index=asset_event.source_map_index,
+        event_key=str(asset_event.id) if asset_event.id is not None else call_key(),
+        timestamp=getattr(asset_event, "timestamp", None),
+        partition_key=str(partition_key) if partition_key is not None else None,
+    )
+
+
 class AssetListener:
     def __init__(self, config: Config, airflow_version: str, sender: BackgroundSender) -> None:
         self.config = config
@@ -88,17 +126,20 @@ class AssetListener:
         @hookimpl
         def on_asset_event_emitted(self, asset_event: Any) -> None:
             with guard("on_asset_event_emitted"):
-                self._forward(event_from_asset_event(asset_event))
+                self.forward(event_from_asset_event(asset_event))
 
     else:
 
         @hookimpl
         def on_asset_changed(self, asset: Any) -> None:
             with guard("on_asset_changed"):
+                if _manager_forwards.get():  # the forwarding asset manager sends it, with extra and source
+                    return
                 self._tell_about_limits()
-                self._forward(event_from_asset(asset))
+                self.forward(event_from_asset(asset))
 
-    def _forward(self, event: UpstreamEvent) -> None:
+    def forward(self, event: UpstreamEvent) -> None:
+        """Build the envelope (include filter, loop guard) and hand it to the background sender."""
         envelope = build(
             event,
             deployment=self.config.deployment,

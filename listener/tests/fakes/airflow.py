@@ -17,6 +17,7 @@ LISTENER_MODULES = (
     "dataset_forwarder_listener.hooks_af2",
     "dataset_forwarder_listener.hooks_af3",
     "dataset_forwarder_listener.manager_af2",
+    "dataset_forwarder_listener.manager_af3",
     "dataset_forwarder_listener.dag_runs",
 )
 
@@ -122,6 +123,27 @@ class DatasetManager:
         return cls.events.get(dataset.uri)
 
 
+class AssetManager:
+    """Airflow 3's shape: a classmethod with keyword-only arguments that registers the event, then calls the asset
+    hooks within (``on_asset_changed``; 3.2+ also ``on_asset_event_emitted``); returns the event, None when the
+    asset is unknown."""
+
+    calls: list = []  # noqa: RUF012 (class-level record, reset by install())
+    events: dict = {}  # noqa: RUF012 (uri -> the event the next registration returns)
+    hook = None  # the listener manager's hook, set by install()
+    event_hook = False
+
+    @classmethod
+    def register_asset_change(cls, *, task_instance=None, asset, extra=None, session=OWN_SESSION, **kwargs):  # type: ignore[no-untyped-def]
+        cls.calls.append({"task_instance": task_instance, "uri": asset.uri, "extra": extra, "session": session})
+        event = cls.events.get(asset.uri)
+        if event is not None:
+            cls.hook.on_asset_changed(asset=asset)  # type: ignore[attr-defined]
+            if cls.event_hook:
+                cls.hook.on_asset_event_emitted(asset_event=types.SimpleNamespace(asset=asset, **vars(event)))  # type: ignore[attr-defined]
+        return event
+
+
 def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.PluginManager:  # type: ignore[no-untyped-def]
     """Put a fake ``airflow`` of ``version`` in sys.modules; the listener manager it would use."""
     airflow = types.ModuleType("airflow")
@@ -155,6 +177,14 @@ def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.Plu
     else:
         spec = _asset_spec(event_hook)
         modules["airflow.listeners.spec.asset"] = spec
+        assets = types.ModuleType("airflow.assets")
+        assets.__path__ = []  # type: ignore[attr-defined]
+        assets_manager = types.ModuleType("airflow.assets.manager")
+        AssetManager.calls, AssetManager.events = [], {}
+        AssetManager.hook, AssetManager.event_hook = manager.hook, event_hook
+        assets_manager.AssetManager = AssetManager  # type: ignore[attr-defined]
+        modules["airflow.assets"] = assets
+        modules["airflow.assets.manager"] = assets_manager
     manager.add_hookspecs(spec)
     dagrun_spec = _dagrun_spec()
     modules["airflow.listeners.spec.dagrun"] = dagrun_spec
