@@ -5,9 +5,10 @@ poller -> the real handler -> real downstream Airflow. Three running deployments
 
     up3   Airflow 3.3   outcome_ok / outcome_fail / produce_partition / ping (ping is scheduled on pong's success)
     down3 Airflow 3.3   consumers of up3's and af2's outcomes, the on-call DAG, the partitioned consumer, pong
-    af2   Airflow 2.11  outcome_ok / outcome_fail (upstream of down3), consumers of up3's outcomes, the on-call DAG
+    af2   Airflow 2.11  outcome_ok / outcome_fail, consumers of up3's and its own outcomes, the on-call DAG
 
-so outcomes travel 3.3 -> 3.3, 3.3 -> 2.11 and 2.11 -> 3.3, each both ways downstream: (a) a DAG scheduled on
+so outcomes travel 3.3 -> 3.3, 3.3 -> 2.11, 2.11 -> 3.3 and 2.11 -> 2.11 (af2 to itself, through the stack), each
+both ways downstream: (a) a DAG scheduled on
 the `dagrun://` asset/dataset and (b) a `trigger_dag` target with the outcome in the run's conf. Targets "up3" and
 "down3" carry their deployments' names, as the loop guard needs (the trail lists deployments).
 """
@@ -83,7 +84,12 @@ DOWN3_DAGS = [
     _dag("on_partition", schedule=f"PartitionedAssetTimetable(assets=Asset({PARTITIONED!r}))"),
     _dag("pong"),
 ]
-AF2_DAGS = [*_outcomes(), _on("dagrun://up3/outcome_ok/success", "on_up3_success"), _dag(ONCALL)]
+AF2_DAGS = [
+    *_outcomes(),
+    _on("dagrun://up3/outcome_ok/success", "on_up3_success"),
+    _on("dagrun://af2/outcome_ok/success", "on_af2_success"),
+    _dag(ONCALL),
+]
 
 # Outcomes each deployment's listener sends; nothing else (INCLUDE matching no asset but up3's partitioned one).
 LISTENER_ENV = {
@@ -108,8 +114,9 @@ TARGETS = (
         ("dagrun://up3/outcome_ok/success", "dagrun://af2/outcome_ok/success", PARTITIONED),
     ),
     TargetSpec("down3-oncall", "down3", ("dagrun://up3/*/failed", "dagrun://af2/*/failed"), ONCALL),
-    TargetSpec("af2-assets", "af2", ("dagrun://up3/outcome_ok/success",)),
-    TargetSpec("af2-oncall", "af2", ("dagrun://up3/*/failed",), ONCALL),
+    # af2 is also its own downstream (2.11 -> 2.11): these targets are not named after it, so not loop-guarded
+    TargetSpec("af2-assets", "af2", ("dagrun://up3/outcome_ok/success", "dagrun://af2/outcome_ok/success")),
+    TargetSpec("af2-oncall", "af2", ("dagrun://up3/*/failed", "dagrun://af2/*/failed"), ONCALL),
     # ping-pong: up3's ping succeeds -> down3's pong is triggered; pong succeeds -> up3's ping (loop guard stops it)
     TargetSpec("down3", "down3", ("dagrun://up3/ping/success",), "pong"),
     TargetSpec("up3", "up3", ("dagrun://down3/pong/success",)),
@@ -227,8 +234,8 @@ def _conf(run: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("up", "downs"),
-    [("up3", ("down3", "af2")), ("af2", ("down3",))],
-    ids=["from-3.3-to-3.3-and-2.11", "from-2.11-to-3.3"],
+    [("up3", ("down3", "af2")), ("af2", ("down3", "af2"))],
+    ids=["from-3.3-to-3.3-and-2.11", "from-2.11-to-3.3-and-2.11"],
 )
 def test_success_schedules_and_failure_triggers_downstream(world: World, up: str, downs: tuple[str, ...]) -> None:
     ok = world.finish(up, "outcome_ok", "success")
