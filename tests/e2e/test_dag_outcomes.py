@@ -310,6 +310,16 @@ def test_two_deployments_triggering_each_other_on_success_stop_after_one_round(w
         lambda: world.loop_guarded("up3", pong_success), "the loop guard on pong's outcome", timeout_s=90
     )
     assert guarded["kind"] == "dag_run", guarded
+    # ... and no other target either: the same plan logs that the outcome goes nowhere (before any delivery)
+    wait_until(
+        lambda: [
+            r
+            for r in world.stack.log_records()
+            if r.get("event_id") == guarded["event_id"] and r.get("message") == "no target matches the event"
+        ],
+        "the outcome routed nowhere",
+        timeout_s=30,
+    )
     assert [r["dag_run_id"] for r in up3.dag_runs("ping")] == [ping["dag_run_id"]]
     assert [r["dag_run_id"] for r in down3.dag_runs("pong")] == [pong["dag_run_id"]]
     assert asset_events(up3, pong_success) == []
