@@ -4,10 +4,11 @@
     upstream team-a (Airflow 3, listener)  ->  local stack (moto: SQS, SSM, DynamoDB from template.yaml;
     poller + the real handler)  ->  downstream team-b (Airflow 3, consumer DAGs scheduled on the datasets)
 
-Steps, one line each: the Airflow venv, the local stack, both deployments, the target registered with the CLI,
+Steps, one line each: the Airflow venv, the local stack, both deployments, the targets registered with the CLI,
 a producer run and its timeline down to the consumer's DAG run; a `trigger_dag` target that starts a DAG with the
-event in its conf; then a delivery that fails (team-b has no DAG on
-the new dataset yet) and ends in the DLQ, the fix, `dlq redrive`, and the consumer's one run. Exit 1 if anything
+event in its conf; then a delivery that fails (team-b has no DAG on the new dataset yet) and ends in the DLQ, the
+fix, `dlq redrive`, and the consumer's one run; last, team-a's DAG etl_daily fails and team-b's on-failure DAG
+runs (a `trigger_dag` target on its outcome). Exit 1 if anything
 did not happen. Everything it starts is stopped at the end; `make demo-down` (`run_demo.py --down`) stops what an
 interrupted run left, by the PIDs in its state file.
 """
@@ -61,6 +62,24 @@ BEARS, WOLVES, LAKE = "s3://lake/bears", "s3://lake/wolves", "s3://lake/*"
 REPORT, REFRESH_TARGET, REFRESH_DAG = "s3://reports/daily", "team-b-refresh", "refresh_dashboards"
 SECRET_VARIABLE = "TEAM_B_PASSWORD"  # noqa: S105 - the name of the variable that holds it
 STATE_NAME = "state.json"
+FAILING, ON_FAILURE, ONCALL_TARGET = "etl_daily", "on_team_a_failure", f"{DOWNSTREAM}-oncall"
+FAILED_OUTCOMES = f"dagrun://{UPSTREAM}/*/failed"
+_SIMPLE_DAG = """
+from datetime import datetime, timezone
+
+from airflow.sdk import DAG, task
+
+with DAG({dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
+    @task(retries=0)
+    def {task}(**context):
+        {body}
+
+    {task}()
+"""
+FAILING_DAG = _SIMPLE_DAG.format(dag_id=FAILING, task="load", body="raise RuntimeError('the source is not there')")
+ON_FAILURE_DAG = _SIMPLE_DAG.format(
+    dag_id=ON_FAILURE, task="page", body='print("paging on-call for", context["dag_run"].conf["dataset_forwarder"])'
+)
 
 
 def demo_dir() -> Path:
@@ -241,12 +260,15 @@ def set_up(demo: Demo) -> World:
             "produce_bears.py": producer_dag(3, "produce_bears", [BEARS]),
             "produce_wolves.py": producer_dag(3, "produce_wolves", [WOLVES]),
             "produce_report.py": producer_dag(3, "produce_report", [REPORT]),
+            f"{FAILING}.py": FAILING_DAG,
         }
         consumers = {
             "consume_bears.py": consumer_dag(3, "consume_bears", [BEARS]),
             f"{REFRESH_DAG}.py": triggered_dag(3, REFRESH_DAG),
+            f"{ON_FAILURE}.py": ON_FAILURE_DAG,
         }
-        listener = stack.upstream_env(UPSTREAM, demo.root / "spool")
+        # the listener also sends the outcome of every finished etl_daily run (docs/dag-outcomes.md)
+        listener = {**stack.upstream_env(UPSTREAM, demo.root / "spool"), "DATASET_FORWARDER_DAG_RUNS": FAILING}
         with ThreadPoolExecutor(2) as pool:
             up = pool.submit(start_deployment, demo, venv, UPSTREAM, producers, listener)
             down = pool.submit(start_deployment, demo, venv, DOWNSTREAM, consumers)
@@ -280,6 +302,16 @@ def set_up(demo: Demo) -> World:
         ]
         stack.cli(*command, env={SECRET_VARIABLE: downstream.user.password})
         done(f"dataset-forwarder {' '.join(command)}")
+
+    with demo.step("register the on-failure target") as done:
+        command = [
+            *("targets", "put", ONCALL_TARGET, "--url", downstream.url, "--dataset", FAILED_OUTCOMES),
+            *("--action", "trigger_dag", "--dag-id", ON_FAILURE),
+            *("--auth", "airflow-token", "--username", downstream.user.username),
+            *("--token-env", SECRET_VARIABLE, "--allow-http"),
+        ]
+        stack.cli(*command, env={SECRET_VARIABLE: downstream.user.password})
+        done(f"dataset-forwarder {' '.join(command).replace(FAILED_OUTCOMES, repr(FAILED_OUTCOMES))}")
     return world
 
 
@@ -391,6 +423,30 @@ def failing_path(demo: Demo, world: World) -> None:
         done(f"{DOWNSTREAM} ran consume_wolves once, triggered by the replayed event; the DLQ is empty")
 
 
+def dag_outcome_path(demo: Demo, world: World) -> None:
+    upstream, downstream = world.upstream, world.downstream
+    print(f"{UPSTREAM}'s DAG fails, {DOWNSTREAM}'s on-failure DAG runs:", flush=True)
+    with demo.step("failing DAG") as done:
+        run_id = upstream.trigger_dag(FAILING)["dag_run_id"]
+        upstream.wait_for_dag_run(FAILING, state="failed", where=lambda r: r["dag_run_id"] == run_id, timeout_s=120)
+        done(
+            f"{FAILING} failed on {UPSTREAM} (run {run_id}): its outcome goes out as dagrun://{UPSTREAM}/{FAILING}/failed"
+        )
+
+    with demo.step("on-failure DAG run") as done:
+
+        def triggered() -> dict[str, Any] | None:
+            runs = downstream.dag_runs(ON_FAILURE)
+            forwarded = [r for r in runs if (r.get("conf") or {}).get("dataset_forwarder", {}).get("extra")]
+            return next((r for r in forwarded if r["conf"]["dataset_forwarder"]["extra"].get("run_id") == run_id), None)
+
+        oncall = wait_until(triggered, f"a run of {ON_FAILURE} for {run_id}", timeout_s=90, interval_s=0.5)
+        downstream.wait_for_dag_run(ON_FAILURE, where=lambda r: r["dag_run_id"] == oncall["dag_run_id"])
+        outcome = oncall["conf"]["dataset_forwarder"]
+        done(f"{DOWNSTREAM} ran {ON_FAILURE} ({oncall['dag_run_id']}), started by target {ONCALL_TARGET}")
+        demo.detail(f'dag_run.conf["dataset_forwarder"]: uri {outcome["uri"]}, extra {json.dumps(outcome["extra"])}')
+
+
 def run(demo: Demo) -> None:
     print(
         f"airflow-dataset-forwarder demo: {UPSTREAM} (Airflow {AIRFLOW_VERSION}) -> local stack from template.yaml "
@@ -401,6 +457,7 @@ def run(demo: Demo) -> None:
     happy_path(demo, world)
     trigger_path(demo, world)
     failing_path(demo, world)
+    dag_outcome_path(demo, world)
 
 
 def _checks(report: dict[str, Any]) -> str:
