@@ -1,7 +1,7 @@
 """End-to-end latency of a forwarded event, run after run, and where the time goes.
 
     VENV/bin/python bench/e2e_latency.py [--quick] [--out FILE] [--runs N] [--trigger-runs N] [--no-trigger-dag]
-                                         [--no-asset-watcher]
+                                         [--no-dag-run] [--no-asset-watcher]
 
 Everything is real and on 127.0.0.1: one local stack (`dataset-forwarder local up`: moto server with the resources of
 template.yaml, the Lambda-like event source long-polling the queue and running the real handler), one upstream
@@ -28,6 +28,13 @@ HTTPS (JWT, like the asset-event target), one through the local stack's MWAA emu
 client, SigV4, `InvokeRestApi` relayed to the same downstream). There the API call itself creates the run: the path
 ends at its `queued_at` (set inside the POST), with no downstream scheduler loop; the segment `handler_and_api` is
 handler invoked -> run created. Each run is found by the producer run id in its conf, and awaited until it succeeded.
+
+DAG outcome (unless --no-dag-run): the upstream listener has DATASET_FORWARDER_DAG_RUNS set to one more upstream DAG
+(its task has no outlets); each of its runs succeeding is forwarded as a `dag_run` event under
+dagrun://bench-up/finish_latency/success, which a `trigger_dag` target of its own (over HTTPS) turns into a downstream
+run. The path starts at that upstream run's end_date (REST): upstream run end_date -> SentTimestamp (`listener`: the
+hook in the scheduler, spool, sender) -> handler invoked (`queue_wait`) -> downstream run queued_at
+(`handler_and_api`); task end_date -> run end_date (the upstream scheduler finishing the run) is shown aside.
 
 Baseline (unless --no-asset-watcher): Airflow 3's own event-driven scheduling. A second downstream Airflow 3.3.2
 (its own cached venv with the amazon and common-messaging providers) schedules its consumer on an Asset with an
@@ -118,6 +125,7 @@ class TriggerPath:
     uri: str
     dag_id: str
     mwaa: bool  # through the MWAA emulator's InvokeRestApi (IAM, SigV4) instead of HTTPS + JWT
+    dag_run: bool = False  # the event is the producer run's outcome (`dag_run`, dagrun:// URI), not an asset event
 
 
 TRIGGER_PATHS = (
@@ -126,6 +134,10 @@ TRIGGER_PATHS = (
     TriggerPath("mwaa_trigger_dag", "trigger_dag through the MWAA emulator (InvokeRestApi)", "bench-mwaa-trigger",
                 "produce_mwaa", "s3://bench/e2e-latency/mwaa", "triggered_mwaa", mwaa=True),
 )  # fmt: skip
+OUTCOME_DAG = "finish_latency"  # upstream, named in DATASET_FORWARDER_DAG_RUNS; its task has no outlets
+DAG_RUN_PATH = TriggerPath("dag_run", "dag_run outcome (dagrun:// URI), trigger_dag over HTTPS (JWT)", "bench-dagrun",
+                           OUTCOME_DAG, f"dagrun://{UPSTREAM}/{OUTCOME_DAG}/success", "triggered_by_outcome",
+                           mwaa=False, dag_run=True)  # fmt: skip
 
 WATCHER_DAG = """
 from datetime import datetime, timezone
@@ -163,7 +175,7 @@ class Timeline:
     producer_run_id: str
     consumer_run_id: str
     task_end: float
-    upstream_event: float
+    upstream_event: float | None  # none for dag_run: the run's outcome is the event, no asset event upstream
     downstream_event: float | None  # none for trigger_dag: the API call creates the run itself
     run_created: float
     on_queue: float | None = None  # SQS SentTimestamp
@@ -175,6 +187,7 @@ class Timeline:
     receive_count: int | None = None
     events_in_run: int = 1
     copies: int = 1  # SQS messages that carried this event (the listener sends again when a send's answer is late)
+    run_end: float | None = None  # dag_run: the upstream DAG run's end_date (when its outcome was decided)
 
     def seconds(self, segment: Segment) -> float | None:
         start, end = getattr(self, segment.start), getattr(self, segment.end)
@@ -233,6 +246,26 @@ TRIGGER_ASIDE = (
             "run_created", "delivered"),
 )  # fmt: skip
 
+DAG_RUN_TOTAL = Segment("total", "upstream DAG run end_date -> downstream DAG run queued_at", "run_end", "run_created")
+DAG_RUN_SEGMENTS = (
+    Segment("listener", "upstream DAG run end_date -> SQS SentTimestamp (hook in the scheduler, spool, sender, "
+            "SendMessage)", "run_end", "on_queue"),
+    FORWARDER_PATH[2],
+    TRIGGER_PATH_SEGMENTS[-1],
+)  # fmt: skip
+DAG_RUN_ASIDE = (
+    Segment("upstream_scheduler", "task end_date -> upstream DAG run end_date (the scheduler finishes the run)",
+            "task_end", "run_end"),
+    *TRIGGER_ASIDE,
+)  # fmt: skip
+
+
+def path_segments(path: TriggerPath) -> tuple[tuple[Segment, ...], Segment, tuple[Segment, ...]]:
+    """(the segments adding up to the total, the total, the asides) of a `trigger_dag` row."""
+    if path.dag_run:
+        return DAG_RUN_SEGMENTS, DAG_RUN_TOTAL, DAG_RUN_ASIDE
+    return TRIGGER_PATH_SEGMENTS, TOTAL, TRIGGER_ASIDE
+
 
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile: the smallest value with at least q of the values at or below it."""
@@ -253,9 +286,11 @@ def stats(values: list[float]) -> dict[str, Any]:
     }
 
 
-def summarise(timelines: list[Timeline], path: tuple[Segment, ...], aside: tuple[Segment, ...]) -> dict[str, Any]:
+def summarise(
+    timelines: list[Timeline], path: tuple[Segment, ...], aside: tuple[Segment, ...], total: Segment = TOTAL
+) -> dict[str, Any]:
     out = {}
-    for segment, role in [*((s, "path") for s in path), (TOTAL, "total"), *((s, "aside") for s in aside)]:
+    for segment, role in [*((s, "path") for s in path), (total, "total"), *((s, "aside") for s in aside)]:
         values = [v for t in timelines if (v := t.seconds(segment)) is not None]
         out[segment.name] = {"what": segment.label, "role": role, **stats(values)}
     return out
@@ -286,12 +321,12 @@ def start_world(root: Path, cleanup: contextlib.ExitStack, paths: tuple[TriggerP
     relays `MWAA_ENVIRONMENT` to the downstream.
     """
     venv = ensure_airflow_venv(AIRFLOW_VERSION, listener_extras())
-    producers = {PRODUCER: URI} | {path.producer: path.uri for path in paths}
+    producers = {PRODUCER: [URI]} | {path.producer: [] if path.dag_run else [path.uri] for path in paths}
     upstream = AirflowDeployment(
         venv,
         root / "upstream",
         name=UPSTREAM,
-        dags={f"{dag_id}.py": producer_dag(3, dag_id, [uri]) for dag_id, uri in producers.items()},
+        dags={f"{dag_id}.py": producer_dag(3, dag_id, uris) for dag_id, uris in producers.items()},
     )
     downstream = AirflowDeployment(
         venv,
@@ -322,6 +357,9 @@ def start_world(root: Path, cleanup: contextlib.ExitStack, paths: tuple[TriggerP
         for job in jobs:
             job.result()
     upstream.env.update(stack.upstream_env(UPSTREAM, root / "spool"))
+    outcomes = [path.producer for path in paths if path.dag_run]
+    if outcomes:
+        upstream.env["DATASET_FORWARDER_DAG_RUNS"] = ",".join(outcomes)
     upstream.start()
     upstream.wait_healthy(timeout_s=120)
     stack.put_target(DOWNSTREAM, downstream, [URI])
@@ -460,8 +498,20 @@ def _conf_event(run: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _run_end(deployment: AirflowDeployment, dag_id: str, run_id: str) -> float:
+    """When a finished DAG run ended (epoch seconds), from its deployment's REST API."""
+    runs = [r for r in deployment.dag_runs(dag_id) if r["dag_run_id"] == run_id]
+    end = parse_time(runs[0].get("end_date")) if runs else None
+    if end is None:
+        raise AirflowError(f"[{deployment.name}] run {run_id} of {dag_id} has no end_date: {runs}")
+    return end
+
+
 def triggered_once(world: World, path: TriggerPath, seen: set[str]) -> Timeline:
-    """One producer run -> the run its `trigger_dag` target starts (found by the producer run id in its conf)."""
+    """One producer run -> the run its `trigger_dag` target starts (found by the producer run id in its conf).
+
+    For the dag_run row the event is the producer run's outcome, sent by the listener's DAG run hook.
+    """
     run_id = produce(world.upstream, path.producer)
     downstream = world.downstream
 
@@ -499,7 +549,8 @@ def triggered_once(world: World, path: TriggerPath, seen: set[str]) -> Timeline:
         producer_run_id=run_id,
         consumer_run_id=str(run["dag_run_id"]),
         task_end=task_end(world.upstream, path.producer, run_id),
-        upstream_event=_upstream_event_time(world.upstream, run_id, path.producer, path.uri),
+        upstream_event=None if path.dag_run else _upstream_event_time(world.upstream, run_id, path.producer, path.uri),
+        run_end=_run_end(world.upstream, path.producer, run_id) if path.dag_run else None,
         on_queue=trace.sent_at,
         invoked=trace.first_invoked_at,
         downstream_event=None,
@@ -521,19 +572,21 @@ def measure_trigger(world: World, path: TriggerPath, runs: int, warmup: int) -> 
         timeline = triggered_once(world, path, seen)
         (warm if index < warmup else measured).append(timeline)
         kind = "warm-up" if index < warmup else f"run {index - warmup + 1}/{runs}"
-        say(f"{path.key} {kind}: {timeline.seconds(TOTAL):.3f} s")
+        say(f"{path.key} {kind}: {timeline.seconds(path_segments(path)[1]):.3f} s")
     return warm, measured
 
 
 def trigger_section(world: World, path: TriggerPath, runs: int, warmup: int) -> dict[str, Any]:
     warm, measured = measure_trigger(world, path, runs, warmup)
-    segments = (*TRIGGER_PATH_SEGMENTS, TOTAL, *TRIGGER_ASIDE)
+    steps, total, aside = path_segments(path)
+    segments = (*steps, total, *aside)
     return {
         "what": path.label,
         "target": path.target,
         "dag_id": path.dag_id,
         "runs_asked": runs,
-        "summary": summarise(measured, TRIGGER_PATH_SEGMENTS, TRIGGER_ASIDE),
+        "uri": path.uri,
+        "summary": summarise(measured, steps, aside, total),
         "warmup": [t.to_json(segments) for t in warm],
         "runs": [t.to_json(segments) for t in measured],
     }
@@ -711,7 +764,7 @@ def check_sane(result: dict[str, Any]) -> list[str]:
             problems.append(f"run {run['producer_run_id']}: {run['events_in_run']} events merged into one run")
         if run["receive_count"] != 1:
             problems.append(f"run {run['producer_run_id']}: received {run['receive_count']} times (retried)")
-    for path in TRIGGER_PATHS:
+    for path in (*TRIGGER_PATHS, DAG_RUN_PATH):
         problems += _trigger_problems(path, result.get(path.key))
     watcher = result.get("asset_watcher") or {}
     if watcher.get("failed"):
@@ -740,7 +793,7 @@ def _trigger_problems(path: TriggerPath, section: dict[str, Any] | None) -> list
         if missing:
             problems.append(f"{name}: no time for {missing}")
             continue
-        steps = [segments[s.name] for s in TRIGGER_PATH_SEGMENTS]
+        steps = [segments[s.name] for s in path_segments(path)[0]]
         if min(steps) < -CLOCK_SLACK_S:
             problems.append(f"{name}: a negative segment {segments}")
         if abs(sum(steps) - segments["total"]) > 0.002 * len(steps):
@@ -768,7 +821,12 @@ def _comparison(result: dict[str, Any], sections: list[tuple[TriggerPath, dict[s
     rows = [
         ("asset_event over HTTPS (JWT): run made by the downstream scheduler", forwarder, "handler"),
         *(
-            (f"{path.label}: run made by the API call", section["summary"], "handler_and_api")
+            (
+                f"{path.label}: run made by the API call"
+                + (", total from the upstream run's end_date" if path.dag_run else ""),
+                section["summary"],
+                "handler_and_api",
+            )
             for path, section in sections
         ),
     ]
@@ -796,7 +854,7 @@ def _table(result: dict[str, Any]) -> str:
         "",
         f"goal p50 < {result['goal']['p50_total_under_s']:g} s: {'met' if result['goal']['met'] else 'NOT met'}",
     ]
-    sections = [(path, result[path.key]) for path in TRIGGER_PATHS if result.get(path.key)]
+    sections = [(path, result[path.key]) for path in (*TRIGGER_PATHS, DAG_RUN_PATH) if result.get(path.key)]
     if sections:
         lines += ["", *_comparison(result, sections)]
     for path, section in sections:
@@ -842,7 +900,7 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         },
     }
     with contextlib.ExitStack() as cleanup:
-        paths = () if args.no_trigger_dag else TRIGGER_PATHS
+        paths = (() if args.no_trigger_dag else TRIGGER_PATHS) + (() if args.no_dag_run else (DAG_RUN_PATH,))
         world = start_world(root, cleanup, paths)
         event_source = {k: world.stack.stack.get(k) for k in ("batch_size", "batching_window_s", "maximum_concurrency")}
         result["settings"] = {
@@ -910,7 +968,9 @@ def _interrupt(*_: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 3 forwarder runs, 2 of each trigger_dag row, 2 baseline runs"
+        "--quick",
+        action="store_true",
+        help="smoke run: 3 forwarder runs, 2 of each trigger_dag row and of the dag_run row, 2 baseline runs",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results file (default: %(default)s)")
     parser.add_argument("--runs", type=int, help="forwarder runs to measure (default: 20, --quick: 3)")
@@ -919,7 +979,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-trigger-dag", action="store_true", help="skip the trigger_dag rows (HTTPS and MWAA emulator)"
     )
-    parser.add_argument("--trigger-runs", type=int, help="runs of each trigger_dag row (default: 20, --quick: 2)")
+    parser.add_argument("--no-dag-run", action="store_true", help="skip the dag_run row (a DAG run's outcome)")
+    parser.add_argument(
+        "--trigger-runs", type=int, help="runs of each trigger_dag row and the dag_run row (default: 20, --quick: 2)"
+    )
     parser.add_argument("--watcher-runs", type=int, help="baseline runs (default: 20, --quick: 2)")
     parser.add_argument(
         "--watcher-poll-interval", type=int, help="the trigger's waiter_delay in s (default: the provider's own)"

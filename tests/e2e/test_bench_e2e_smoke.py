@@ -1,5 +1,6 @@
 """Smoke test of bench/e2e_latency.py: a --quick run through the whole real path gives sane, complete numbers, for the
-asset-event target and the two trigger_dag rows (HTTPS, MWAA emulator).
+asset-event target, the two trigger_dag rows (HTTPS, MWAA emulator) and the dag_run row (an upstream run's outcome
+starting a downstream run).
 
 The bench starts everything itself (local stack, two Airflow 3.3.2 deployments) from the cached venv the
 `airflow3_venv` fixture provides, and stops it all on SIGTERM too. The AssetWatcher baseline is left out here: at its
@@ -23,6 +24,7 @@ BENCH = REPO_ROOT / "bench" / "e2e_latency.py"
 RUN_TIMEOUT_S = 600  # a cached smoke run takes 2-5 min (idle to busy machine); past this, stop it and fail
 PATH_SEGMENTS = ["upstream_airflow", "listener", "queue_wait", "handler", "downstream_scheduler"]
 TRIGGER_SEGMENTS = ["upstream_airflow", "listener", "queue_wait", "handler_and_api"]
+DAG_RUN_SEGMENTS = ["listener", "queue_wait", "handler_and_api"]  # from the upstream run's end_date
 
 
 def test_quick_e2e_latency_bench_times_every_segment_of_forwarded_runs_for_each_target_kind(
@@ -87,6 +89,28 @@ def test_quick_e2e_latency_bench_times_every_segment_of_forwarded_runs_for_each_
             assert run["downstream_event"] is None, run
             assert run["events_in_run"] == 1, run
 
+    # dag_run row: the upstream run's success (dagrun:// URI) starts a downstream run through a trigger_dag target
+    section = result["dag_run"]
+    assert section["uri"] == "dagrun://bench-up/finish_latency/success", section
+    assert len(section["runs"]) == 2, section
+    assert len(section["warmup"]) == 1, section
+    for name in [*DAG_RUN_SEGMENTS, "total", "upstream_scheduler", "handler_until_delivered", "downstream_api_answer"]:
+        row = section["summary"][name]
+        assert row["n"] == 2, row
+        assert row["p50_s"] <= row["p95_s"] <= row["max_s"], row
+    assert section["summary"]["total"]["what"].startswith("upstream DAG run end_date"), section["summary"]
+    for run in section["runs"]:
+        segments = run["segments_s"]
+        assert sum(segments[name] for name in DAG_RUN_SEGMENTS) == pytest.approx(segments["total"], abs=0.01), run
+        assert 0 < segments["total"] < 60, run
+        assert run["task_end"] <= run["run_end"] < run["on_queue"] <= run["invoked"] < run["run_created"], run
+        assert run["run_created"] < run["delivered"], run
+        assert run["consumer_run_id"] == f"dataset_forwarder__{run['event_id']}", run
+        assert run["upstream_event"] is None, run
+        assert run["downstream_event"] is None, run
+        assert run["events_in_run"] == 1, run
+
     assert result["asset_watcher"]["not_run_reason"].startswith("skipped")
     assert "| **total** |" in stdout, stdout
     assert "| trigger_dag through the MWAA emulator (InvokeRestApi): run made by the API call | 2 |" in stdout, stdout
+    assert "| dag_run outcome (dagrun:// URI), trigger_dag over HTTPS (JWT): run made by the API call" in stdout, stdout
