@@ -67,14 +67,16 @@ def call_key() -> str:
     return f"{_call_keys.getrandbits(128):032x}"
 
 
-def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
-    """Read ``airflow.listeners.types.AssetEvent`` (3.2+): asset, extra, source ids, partition key.
+def event_from_asset_event(asset_event: Any, asset: Any = None) -> UpstreamEvent:
+    """Read an asset event: ``airflow.listeners.types.AssetEvent`` (3.2+'s hook) or the ``AssetEvent`` row that
+    Airflow 3.0/3.1's asset manager registered; `asset` is the one it was registered for, when the event does not
+    carry it (``Asset``, ``AssetModel`` or ``AssetUniqueKey``).
 
-    It carries neither the event's DB id nor its timestamp, so the key is unique to this call
-    and the time is now; the envelope is spooled before any send, which keeps its id stable
-    across retries. Should a later Airflow add ``id``/``timestamp``, they are used.
+    3.2+'s hook event carries neither the event's DB id nor its timestamp, so the key is unique to this call and
+    the time is now; the envelope is spooled before any send, which keeps its id stable across retries. A
+    registered row (flushed) has both, and they are used.
     """
-    asset = asset_event.asset
+    asset = asset if asset is not None else asset_event.asset
     db_id = getattr(asset_event, "id", None)
     partition_key = getattr(asset_event, "partition_key", None)
     return UpstreamEvent(
@@ -94,24 +96,6 @@ def event_from_asset_event(asset_event: Any) -> UpstreamEvent:
 def event_from_asset(asset: Any) -> UpstreamEvent:
     """Read the asset given to ``on_asset_changed`` (3.0/3.1): uri and name, nothing about the event."""
     return UpstreamEvent(uri=asset.uri, name=getattr(asset, "name", None), event_key=call_key())
-
-
-def event_from_registered(asset_event: Any, asset: Any) -> UpstreamEvent:
-    """Read the ``AssetEvent`` row Airflow 3.0/3.1's asset manager registered (flushed: it has its id and
-    timestamp) and the asset it was registered for (``Asset``, ``AssetModel`` or ``AssetUniqueKey``)."""
-    partition_key = getattr(asset_event, "partition_key", None)
-    return UpstreamEvent(
-        uri=asset.uri,
-        name=getattr(asset, "name", None),
-        extra=asset_event.extra,
-        dag_id=asset_event.source_dag_id,
-        task_id=asset_event.source_task_id,
-        run_id=asset_event.source_run_id,
-        map_index=asset_event.source_map_index,
-        event_key=str(asset_event.id) if asset_event.id is not None else call_key(),
-        timestamp=getattr(asset_event, "timestamp", None),
-        partition_key=str(partition_key) if partition_key is not None else None,
-    )
 
 
 class AssetListener:

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.assets.manager import AssetManager
 
-from dataset_forwarder_listener.hooks_af3 import HAS_EVENT_HOOK, AssetListener, event_from_registered, registering
+from dataset_forwarder_listener.hooks_af3 import HAS_EVENT_HOOK, AssetListener, event_from_asset_event, registering
 from dataset_forwarder_listener.safety import guard
 
 
@@ -47,4 +47,4 @@ def _forward(asset_event: Any, asset: Any) -> None:
 
     listener = get_listener()
     if isinstance(listener, AssetListener):
-        listener.forward(event_from_registered(asset_event, asset))
+        listener.forward(event_from_asset_event(asset_event, asset))

@@ -372,7 +372,7 @@ class BackgroundSender:
         elif self.batching == "pause":
             stop = self._await_pause(items)
         else:
-            stop = self._take_queued(items)
+            stop = self._drain(items, limit=MAX_BATCH)
         for start in range(0, len(items), MAX_BATCH):
             self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
         if self._overflow:
@@ -380,20 +380,6 @@ class BackgroundSender:
         if self._backlog and time.monotonic() >= self._retry_at:
             self._catch_up()  # also while closing: within the close budget, older files go out too
         return stop
-
-    def _take_queued(self, items: list[_Item]) -> bool:
-        """Add what is queued right now to ``items`` (up to one batch) without waiting for more;
-        True when the thread is to stop after sending them."""
-        while len(items) < MAX_BATCH:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                return False
-            if item is _STOP:
-                return True
-            if isinstance(item, _Item):
-                items.append(item)
-        return False
 
     def _await_burst_end(self, items: list[_Item]) -> bool:
         """Adaptive batching: return at once when ``items`` came alone or the submits have stopped; while
@@ -430,9 +416,10 @@ class BackgroundSender:
             if self._stopping.wait(min(self.burst_pause_s - calm, self.max_wait_s - waited)):
                 return self._drain(items)  # closing: send what is held now
 
-    def _drain(self, items: list[_Item]) -> bool:
-        """Add everything queued right now to ``items``; True when the thread is to stop after sending them."""
-        while True:
+    def _drain(self, items: list[_Item], limit: int | None = None) -> bool:
+        """Add what is queued right now to ``items`` (up to ``limit`` in all) without waiting for more;
+        True when the thread is to stop after sending them."""
+        while limit is None or len(items) < limit:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
@@ -441,6 +428,7 @@ class BackgroundSender:
                 return True
             if isinstance(item, _Item):
                 items.append(item)
+        return False
 
     def _await_pause(self, items: list[_Item]) -> bool:
         """Wait for a pause in the ``submit`` calls (at most ``max_wait_s``), adding what is queued
