@@ -645,16 +645,24 @@ class AirflowDeployment:
         return found
 
     def create_asset_event(self, uri: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Post an event for the asset/dataset URI through the REST API, as a forwarder would."""
+        """Post an event for the asset/dataset URI through the REST API, as a forwarder would.
+
+        A 5xx is posted again until a deadline: on SQLite, a scheduler writing at the same moment makes the API
+        answer 500 "Database error" (the database is locked), and that request's transaction was rolled back.
+        """
         if self.major >= 3:
             asset = self.find_asset(uri)
             if asset is None:
                 raise AirflowError(f"[{self.name}] no asset with uri {uri}")
-            body: dict[str, Any] = {"asset_id": asset["id"], "extra": dict(extra or {})}
-            event: dict[str, Any] = self.api_json("POST", "/api/v2/assets/events", json=body)
+            path, body = "/api/v2/assets/events", {"asset_id": asset["id"], "extra": dict(extra or {})}
         else:
-            body = {"dataset_uri": uri, "extra": dict(extra or {})}
-            event = self.api_json("POST", "/api/v1/datasets/events", json=body)
+            path, body = "/api/v1/datasets/events", {"dataset_uri": uri, "extra": dict(extra or {})}
+        event: dict[str, Any] = poll(
+            lambda: self.api_json("POST", path, json=body),
+            timeout_s=30,
+            what=f"{self.name} POST {path}",
+            diagnose=self.logs,
+        )
         return event
 
     def queued_events(self, dag_id: str) -> list[dict[str, Any]]:
