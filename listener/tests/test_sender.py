@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dataset_forwarder_listener.sender import Outcome, Sender, SqsTransport, region_from_queue_url
+from dataset_forwarder_listener.sender import Sender, SendOutcome, SqsTransport, region_from_queue_url
 from dataset_forwarder_listener.spool import Spool
 from tests.conftest import QUEUE_URL
 from tests.fakes.sqs import StubSqs, client_error, connection_error
@@ -176,7 +176,7 @@ def test_event_neither_spooled_nor_sent_is_reported_lost(tmp_path, make_envelope
     sender = make_sender(spool, StubSqs(fail=connection_error()))
 
     with caplog.at_level(logging.ERROR):
-        assert sender.deliver(make_envelope(second=2), None) is Outcome.RETRY
+        assert sender.send_one(make_envelope(second=2), None) is SendOutcome.RETRY
 
     assert "LOST" in caplog.text
 
@@ -201,9 +201,9 @@ def test_batch_partial_failure_settles_each_envelope_by_its_own_entry(spool, mak
     sender = make_sender(spool, client)
     items = [(envelope, spool.write(envelope)) for envelope in (accepted, throttled, refused)]
 
-    outcomes = sender.deliver_batch(items)
+    outcomes = sender.send_batch(items)
 
-    assert outcomes == [Outcome.SENT, Outcome.RETRY, Outcome.REJECTED]
+    assert outcomes == [SendOutcome.SENT, SendOutcome.RETRY, SendOutcome.REJECTED]
     assert client.batch_calls == [3]
     assert [json.loads(body)["id"] for body in client.bodies] == [accepted["id"]]
     [waiting] = spool.pending()
@@ -214,7 +214,7 @@ def test_batch_partial_failure_settles_each_envelope_by_its_own_entry(spool, mak
 def test_each_batch_entry_keeps_its_own_body_and_attributes(sender, stub_sqs, spool, make_envelope):
     envelopes = [make_envelope(uri=f"s3://bucket/{n}", second=n) for n in range(3)]
 
-    assert sender.deliver_batch([(e, spool.write(e)) for e in envelopes]) == [Outcome.SENT] * 3
+    assert sender.send_batch([(e, spool.write(e)) for e in envelopes]) == [SendOutcome.SENT] * 3
 
     for envelope, message in zip(envelopes, stub_sqs.sent):
         assert json.loads(message["MessageBody"]) == envelope
@@ -258,9 +258,9 @@ def test_batch_refused_as_a_whole_is_sent_one_by_one(spool, make_envelope):
     client = NoBatches()
     envelopes = [make_envelope(second=s) for s in range(3)]
 
-    outcomes = make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+    outcomes = make_sender(spool, client).send_batch([(e, spool.write(e)) for e in envelopes])
 
-    assert outcomes == [Outcome.SENT] * 3
+    assert outcomes == [SendOutcome.SENT] * 3
     assert len(client.sent) == 3
     assert spool.count() == 0
 
@@ -269,9 +269,9 @@ def test_batch_that_fails_as_a_whole_keeps_every_envelope_spooled(spool, make_en
     client = StubSqs(fail=connection_error())
     envelopes = [make_envelope(second=s) for s in range(12)]
 
-    outcomes = make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+    outcomes = make_sender(spool, client).send_batch([(e, spool.write(e)) for e in envelopes])
 
-    assert outcomes == [Outcome.RETRY] * 12
+    assert outcomes == [SendOutcome.RETRY] * 12
     assert client.calls == 1  # the second batch is not tried against a queue that just failed
     assert len(spool.pending()) == 12
 
@@ -282,7 +282,7 @@ def test_large_envelopes_are_split_under_the_batch_size_limit(spool, make_envelo
         envelope["extra"] = {"blob": "x" * 100_000}
     client = StubSqs()
 
-    make_sender(spool, client).deliver_batch([(e, spool.write(e)) for e in envelopes])
+    make_sender(spool, client).send_batch([(e, spool.write(e)) for e in envelopes])
 
     assert len(client.sent) == 5
     assert client.batch_calls == [2, 2]  # two fit in SQS's 256 KiB, three do not; the fifth goes alone

@@ -25,8 +25,8 @@ from dataset_forwarder_listener.envelope import Envelope
 from dataset_forwarder_listener.spool import Spool
 from dataset_forwarder_listener.sqs_transport import (
     MAX_BATCH,
-    Outcome,
     Result,
+    SendOutcome,
     SqsTransport,
     default_client_factory,
     region_from_queue_url,
@@ -38,8 +38,8 @@ __all__ = [
     "BATCHING",
     "BackgroundSender",
     "Flushed",
-    "Outcome",
     "Result",
+    "SendOutcome",
     "Sender",
     "SqsTransport",
     "default_client_factory",
@@ -70,7 +70,7 @@ class Sender:
 
     def send(self, envelope: Envelope, deadline: float | None = None) -> bool:
         """Spool and send one envelope; True when SQS accepted it. Never raises."""
-        return self.deliver(envelope, self.spool.write(envelope), deadline) is Outcome.SENT
+        return self.send_one(envelope, self.spool.write(envelope), deadline) is SendOutcome.SENT
 
     def send_all(self, envelopes: Iterable[Envelope], flush_limit: int = 10) -> int:
         """Spool all, send them in order within one budget, then catch up on older ones; how many were sent.
@@ -86,30 +86,30 @@ class Sender:
             if not healthy and path is not None:
                 waiting += 1
                 continue
-            outcome = self.deliver(envelope, path, deadline)
-            healthy = healthy and outcome is not Outcome.RETRY
-            sent += outcome is Outcome.SENT
+            outcome = self.send_one(envelope, path, deadline)
+            healthy = healthy and outcome is not SendOutcome.RETRY
+            sent += outcome is SendOutcome.SENT
         if waiting:
             log.warning("%d more dataset events stay spooled in %s for a later send.", waiting, self.spool.directory)
         if healthy and sent:
             sent += self.flush(limit=flush_limit, deadline=deadline).sent
         return sent
 
-    def deliver(self, envelope: Envelope, path: Path | None, deadline: float | None = None) -> Outcome:
+    def send_one(self, envelope: Envelope, path: Path | None, deadline: float | None = None) -> SendOutcome:
         """Send an envelope already spooled at ``path`` (None: could not be spooled) and settle its file."""
-        return self.deliver_batch([(envelope, path)], deadline)[0]
+        return self.send_batch([(envelope, path)], deadline)[0]
 
-    def deliver_batch(
+    def send_batch(
         self, items: Sequence[tuple[Envelope, Path | None]], deadline: float | None = None
-    ) -> list[Outcome]:
-        """``deliver`` for several envelopes in as few calls as SQS allows; one outcome per item.
+    ) -> list[SendOutcome]:
+        """``send_one`` for several envelopes in as few calls as SQS allows; one outcome per item.
 
         Each file is settled by its own entry's answer: removed when SQS accepted that entry,
         parked when it refused it for good, and otherwise left spooled for a later flush.
         """
         if self.spool.refused:  # an unsafe spool directory: this process forwards nothing (the spool said why)
-            return [Outcome.RETRY] * len(items)
-        outcomes = [Outcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
+            return [SendOutcome.RETRY] * len(items)
+        outcomes = [SendOutcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
         todo: list[tuple[int, Envelope, Path | None]] = []
         for index, (envelope, path) in enumerate(items):
             claimed = None
@@ -131,10 +131,10 @@ class Sender:
         return outcomes
 
     def _settle(self, envelope: Envelope, claimed: Path | None, result: Result) -> None:
-        if result.outcome is Outcome.SENT:
+        if result.outcome is SendOutcome.SENT:
             if claimed is not None:
                 self.spool.remove(claimed)
-        elif result.outcome is Outcome.REJECTED:
+        elif result.outcome is SendOutcome.REJECTED:
             if claimed is not None:
                 self.spool.reject(claimed, result.detail)
             else:
@@ -175,14 +175,14 @@ class Sender:
                 self._release_all(claimed for claimed, _ in batch)  # an unexpected error: give the files back
                 raise
             for (claimed, _), result in zip(batch, results):
-                if result.outcome is Outcome.RETRY:
+                if result.outcome is SendOutcome.RETRY:
                     self.spool.release(claimed)
                     if not failed:
                         log.warning("Flushing the spool stopped: %s", result.detail)
                     failed = True
                     continue
                 settled += 1
-                if result.outcome is Outcome.SENT:
+                if result.outcome is SendOutcome.SENT:
                     self.spool.remove(claimed)
                     sent += 1
                 else:
@@ -374,7 +374,7 @@ class BackgroundSender:
         else:
             stop = self._drain(items, limit=MAX_BATCH)
         for start in range(0, len(items), MAX_BATCH):
-            self._deliver(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
+            self._send_items(items[start : start + MAX_BATCH])  # after a failure: spooled ones wait
         if self._overflow:
             self._backlog, self._overflow = True, False
         if self._backlog and time.monotonic() >= self._retry_at:
@@ -468,7 +468,7 @@ class BackgroundSender:
         except queue.Empty:
             return None
 
-    def _deliver(self, items: list[_Item]) -> None:
+    def _send_items(self, items: list[_Item]) -> None:
         """Send one batch, unless backing off (then only what could not be spooled is tried)."""
         if time.monotonic() < self._retry_at:
             if any(item.path is not None for item in items):
@@ -477,8 +477,8 @@ class BackgroundSender:
             if not items:
                 return
         deadline = self._stop_deadline if self._stopping.is_set() else None
-        outcomes = self.sender.deliver_batch([(item.envelope, item.path) for item in items], deadline)
-        if Outcome.RETRY in outcomes:
+        outcomes = self.sender.send_batch([(item.envelope, item.path) for item in items], deadline)
+        if SendOutcome.RETRY in outcomes:
             self._backlog = True
             self._back_off()
         else:

@@ -32,7 +32,7 @@ MAX_BATCH_BYTES = 256 * 1024  # the request's size limit on every queue
 _REGION_IN_URL = re.compile(r"^https?://(?:sqs[.-])?([a-z]{2}(?:-[a-z]+)+-\d+)\.(?:queue\.)?amazonaws\.com", re.I)
 
 
-class Outcome(enum.Enum):
+class SendOutcome(enum.Enum):
     SENT = "sent"
     RETRY = "retry"
     REJECTED = "rejected"
@@ -40,7 +40,7 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class Result:
-    outcome: Outcome
+    outcome: SendOutcome
     detail: str = ""
     code: str = ""
 
@@ -107,7 +107,7 @@ class SqsTransport:
     def send(self, envelope: Envelope, timeout_s: float) -> Result:
         """Send ``envelope``; never raises, returns within ``timeout_s`` (the call may finish later)."""
         answer = self._call(lambda client: self._send_one(client, envelope), timeout_s)
-        return answer if isinstance(answer, Result) else Result(Outcome.RETRY, f"unexpected answer {answer!r}")
+        return answer if isinstance(answer, Result) else Result(SendOutcome.RETRY, f"unexpected answer {answer!r}")
 
     def send_batch(self, envelopes: Sequence[Envelope], timeout_s: float) -> list[Result]:
         """Send ``envelopes`` in as few calls as SQS allows; one result per envelope, in order.
@@ -124,16 +124,16 @@ class SqsTransport:
             if problem is None:
                 sendable.append(index)
             else:  # e.g. a spooled file edited by hand: SQS could never take it, so it must not block the others
-                answers[index] = Result(Outcome.REJECTED, f"not a sendable envelope: {problem}")
+                answers[index] = Result(SendOutcome.REJECTED, f"not a sendable envelope: {problem}")
         results: list[Result] = []
         for chunk in _chunks([envelopes[index] for index in sendable]):
-            if results and results[-1].outcome is Outcome.RETRY:
+            if results and results[-1].outcome is SendOutcome.RETRY:
                 results.extend([results[-1]] * len(chunk))  # the queue just failed: no point trying again now
                 continue
             results.extend(self._send_chunk(chunk, deadline))
         for index, result in zip(sendable, results):
             answers[index] = result
-        return [answer or Result(Outcome.RETRY, "not tried") for answer in answers]
+        return [answer or Result(SendOutcome.RETRY, "not tried") for answer in answers]
 
     def _send_chunk(self, chunk: Sequence[Envelope], deadline: float) -> list[Result]:
         if len(chunk) == 1:
@@ -141,7 +141,7 @@ class SqsTransport:
         answer = self._call(lambda client: self._send_batch_now(client, chunk), deadline - time.monotonic())
         if isinstance(answer, list):
             return answer
-        if answer.outcome is Outcome.REJECTED or answer.code.rsplit(".", 1)[-1] in BATCH_ERRORS:
+        if answer.outcome is SendOutcome.REJECTED or answer.code.rsplit(".", 1)[-1] in BATCH_ERRORS:
             # Refused as a batch: that says nothing sure about each message, so each gets its own answer.
             return [self.send(envelope, deadline - time.monotonic()) for envelope in chunk]
         return [answer] * len(chunk)
@@ -149,7 +149,7 @@ class SqsTransport:
     def _call(self, call: Callable[[Any], Any], timeout_s: float) -> Any:
         """``call(client)`` on the worker thread: its return value, or a Result for an error or no answer."""
         if timeout_s <= 0:
-            return Result(Outcome.RETRY, "no time left in the budget")
+            return Result(SendOutcome.RETRY, "no time left in the budget")
         box: list[Any] = []
         done = threading.Event()
 
@@ -167,7 +167,7 @@ class SqsTransport:
         worker.run(run)
         if not done.wait(timeout_s):
             self._retire(worker)  # stuck: later calls go to a new worker
-            return Result(Outcome.RETRY, f"no answer from SQS within {timeout_s:.1f}s")
+            return Result(SendOutcome.RETRY, f"no answer from SQS within {timeout_s:.1f}s")
         return box[0]
 
     def _current_worker(self) -> _Worker:
@@ -195,7 +195,7 @@ class SqsTransport:
             MessageBody=dumps(envelope),
             MessageAttributes=message_attributes(envelope),
         )
-        return Result(Outcome.SENT)
+        return Result(SendOutcome.SENT)
 
     def _send_batch_now(self, client: Any, chunk: Sequence[Envelope]) -> list[Result]:
         # Entry ids are positions: envelope ids are unique per event, but one batch could hold a copy twice.
@@ -206,13 +206,13 @@ class SqsTransport:
                 for index, envelope in enumerate(chunk)
             ],
         )
-        results = [Result(Outcome.RETRY, "SQS did not answer for this entry")] * len(chunk)
+        results = [Result(SendOutcome.RETRY, "SQS did not answer for this entry")] * len(chunk)
         for entry in answer.get("Successful") or ():
-            results[int(entry["Id"])] = Result(Outcome.SENT)
+            results[int(entry["Id"])] = Result(SendOutcome.SENT)
         for entry in answer.get("Failed") or ():
             code = str(entry.get("Code") or "")
             detail = f"{code}: {entry.get('Message') or ''}"
-            outcome = Outcome.REJECTED if _is_permanent(code) else Outcome.RETRY
+            outcome = SendOutcome.REJECTED if _is_permanent(code) else SendOutcome.RETRY
             results[int(entry["Id"])] = Result(outcome, detail, code)
         return results
 
@@ -265,8 +265,8 @@ def _classify(exc: Exception) -> Result:
     code = str(((error or {}).get("Error") or {}).get("Code") or "")
     detail = f"{type(exc).__name__}: {exc}"
     if _is_permanent(code) or type(exc).__name__ == "ParamValidationError":  # botocore refused to build the request
-        return Result(Outcome.REJECTED, detail, code)
-    return Result(Outcome.RETRY, detail, code)
+        return Result(SendOutcome.REJECTED, detail, code)
+    return Result(SendOutcome.RETRY, detail, code)
 
 
 def _is_permanent(code: str) -> bool:
