@@ -59,6 +59,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -110,6 +111,9 @@ SIZES = {
     "full": {"runs": 20, "trigger_runs": 20, "watcher_runs": 20},
     "quick": {"runs": 3, "trigger_runs": 2, "watcher_runs": 2},
 }
+FLOOR_URI = "s3://bench/e2e-latency/floor"  # downstream: an asset no DAG consumes (its owner DAG never runs)
+FLOOR_ASSET_DAG, FLOOR_TRIGGERED_DAG = "floor_asset_owner", "floor_triggered"  # downstream, for the floors only
+FLOOR_QUEUE, FLOOR_TABLE = "bench-floor", "bench-floor"  # in the stack's moto server, beside the stack's own
 MWAA_ENVIRONMENT = "bench-mwaa"  # the local stack's MWAA emulator, relaying to the downstream
 DOWNSTREAM_PASSWORD_VARIABLE = "BENCH_DOWN_PASSWORD"  # noqa: S105 - a variable name, not a password
 
@@ -273,16 +277,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def stats(values: list[float]) -> dict[str, Any]:
+def stats(values: list[float], digits: int = 3) -> dict[str, Any]:
     if not values:
         return {"n": 0}
     return {
         "n": len(values),
-        "p50_s": round(percentile(values, 0.50), 3),
-        "p95_s": round(percentile(values, 0.95), 3),
-        "min_s": round(min(values), 3),
-        "max_s": round(max(values), 3),
-        "mean_s": round(statistics.fmean(values), 3),
+        "p50_s": round(percentile(values, 0.50), digits),
+        "p95_s": round(percentile(values, 0.95), digits),
+        "min_s": round(min(values), digits),
+        "max_s": round(max(values), digits),
+        "mean_s": round(statistics.fmean(values), digits),
     }
 
 
@@ -333,7 +337,11 @@ def start_world(root: Path, cleanup: contextlib.ExitStack, paths: tuple[TriggerP
         root / "downstream",
         name=DOWNSTREAM,
         dags={f"{CONSUMER}.py": consumer_dag(3, CONSUMER, [URI])}
-        | {f"{path.dag_id}.py": triggered_dag(3, path.dag_id) for path in paths},
+        | {f"{path.dag_id}.py": triggered_dag(3, path.dag_id) for path in paths}
+        | {
+            f"{FLOOR_ASSET_DAG}.py": producer_dag(3, FLOOR_ASSET_DAG, [FLOOR_URI]),
+            f"{FLOOR_TRIGGERED_DAG}.py": triggered_dag(3, FLOOR_TRIGGERED_DAG),
+        },
     )
     mwaa = any(path.mwaa for path in paths)
     stack = LocalStackProcess(
@@ -592,6 +600,149 @@ def trigger_section(world: World, path: TriggerPath, runs: int, warmup: int) -> 
     }
 
 
+# =================================================================================================== floors
+
+
+@dataclass(frozen=True)
+class Floor:
+    name: str
+    label: str
+
+
+FLOORS = (
+    Floor("sqs_send", "SendMessage from a warm client -> SentTimestamp (the least the listener's send can take)"),
+    Floor("sqs_long_poll", "SentTimestamp -> a long-polling ReceiveMessage returns it (the least queue_wait can be)"),
+    Floor("dynamodb_put", "one conditional PutItem round trip (the ledger's claim before every POST)"),
+    Floor("airflow_asset_event", "POST /api/v2/assets/events sent -> the event's timestamp (downstream API alone)"),
+    Floor("airflow_trigger_dag", "POST /api/v2/dags/{id}/dagRuns sent -> the run's queued_at (downstream API alone)"),
+)
+# The product's own share of a row (the segments the listener, the queue and the handler take) and the floors under
+# it: what that share would be if our code took no time at all, on this machine, in this run.
+SHARE_SEGMENTS = {
+    "forwarder": (("listener", "queue_wait", "handler"), ("sqs_send", "sqs_long_poll", "dynamodb_put",
+                                                          "airflow_asset_event")),
+    "trigger": (("listener", "queue_wait", "handler_and_api"), ("sqs_send", "sqs_long_poll", "dynamodb_put",
+                                                                "airflow_trigger_dag")),
+}  # fmt: skip
+
+
+class FloorProbe:
+    """Each floor measured directly, with warm clients, against the same moto server and downstream Airflow."""
+
+    def __init__(self, world: World) -> None:
+        endpoint = str(world.stack.stack["endpoint"])
+        aws = aws_environment(endpoint)
+        session = boto3.session.Session(
+            aws_access_key_id=aws["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"],
+            region_name=REGION,
+        )
+        self._sqs = session.client("sqs", endpoint_url=endpoint)
+        self._receiver = session.client("sqs", endpoint_url=endpoint)
+        self._dynamodb = session.client("dynamodb", endpoint_url=endpoint)
+        self._queue = str(self._sqs.create_queue(QueueName=FLOOR_QUEUE)["QueueUrl"])
+        self._dynamodb.create_table(
+            TableName=FLOOR_TABLE,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self._downstream = world.downstream
+        asset = world.downstream.find_asset(FLOOR_URI)
+        if asset is None:
+            raise AirflowError(f"[{DOWNSTREAM}] no asset {FLOOR_URI}: is {FLOOR_ASSET_DAG} parsed?")
+        self._asset_id = asset["id"]
+        # Paused: its runs stay queued (created, never run), so they load nothing.
+        path, paused = f"/api/v2/dags/{FLOOR_TRIGGERED_DAG}", {"is_paused": True}
+        world.downstream.api_json("PATCH", path, params={"update_mask": "is_paused"}, json=paused)
+        self._sample = 0
+
+    def sqs(self) -> tuple[float, float]:
+        """(sqs_send, sqs_long_poll) of one message sent while a ReceiveMessage is already waiting."""
+        received: dict[str, Any] = {}
+        waiting = threading.Event()
+
+        def receive() -> None:
+            waiting.set()
+            answer = self._receiver.receive_message(
+                QueueUrl=self._queue, WaitTimeSeconds=5, AttributeNames=["SentTimestamp"]
+            )
+            received["at"] = time.time()
+            received["messages"] = answer.get("Messages") or []
+
+        receiver = threading.Thread(target=receive, daemon=True)
+        receiver.start()
+        waiting.wait(5)
+        # Not a synchronisation of the measurement: the receive request must have reached moto before the send,
+        # as the event source's long poll always has; this settles it (a send that came first would be faster).
+        time.sleep(0.1)
+        sent_at = time.time()
+        self._sqs.send_message(QueueUrl=self._queue, MessageBody="floor")
+        receiver.join(10)
+        [message] = received["messages"]
+        self._sqs.delete_message(QueueUrl=self._queue, ReceiptHandle=message["ReceiptHandle"])
+        on_queue = int(message["Attributes"]["SentTimestamp"]) / 1000
+        return on_queue - sent_at, received["at"] - on_queue
+
+    def dynamodb_put(self) -> float:
+        self._sample += 1
+        started = time.perf_counter()
+        self._dynamodb.put_item(
+            TableName=FLOOR_TABLE,
+            Item={"id": {"S": f"floor#{self._sample}"}, "status": {"S": "INPROGRESS"}},
+            ConditionExpression="attribute_not_exists(id)",
+        )
+        return time.perf_counter() - started
+
+    def airflow_asset_event(self) -> float:
+        sent_at = time.time()
+        response = self._downstream.api(
+            "POST", "/api/v2/assets/events", json={"asset_id": self._asset_id, "extra": {"floor": self._sample}}
+        )
+        if response.status_code != 200:
+            raise AirflowError(f"[{DOWNSTREAM}] floor asset event: {response.status_code} {response.text[:300]}")
+        return _event_time(response.json()) - sent_at
+
+    def airflow_trigger_dag(self) -> float:
+        sent_at = time.time()
+        run = self._downstream.trigger_dag(FLOOR_TRIGGERED_DAG, {"floor": self._sample})
+        created = parse_time(run.get("queued_at"))
+        assert created is not None, run
+        return created - sent_at
+
+
+def measure_floors(world: World, samples: int) -> dict[str, Any]:
+    """`samples` of every floor, taken round by round so that each floor sees the same moments of the run."""
+    probe = FloorProbe(world)
+    values: dict[str, list[float]] = {floor.name: [] for floor in FLOORS}
+    for index in range(samples + 1):  # the first round warms the clients and connections: not counted
+        send, long_poll = probe.sqs()
+        round_values = {
+            "sqs_send": send,
+            "sqs_long_poll": long_poll,
+            "dynamodb_put": probe.dynamodb_put(),
+            "airflow_asset_event": probe.airflow_asset_event(),
+            "airflow_trigger_dag": probe.airflow_trigger_dag(),
+        }
+        if index:
+            for name, value in round_values.items():
+                values[name].append(value)
+    say("floors: " + ", ".join(f"{n} {percentile(v, 0.5) * 1000:.1f} ms" for n, v in values.items()))
+    return {floor.name: {"what": floor.label, **stats(values[floor.name], digits=4)} for floor in FLOORS}
+
+
+def product_share(runs: list[dict[str, Any]], kind: str, floors: dict[str, Any] | None) -> dict[str, Any]:
+    """Per run, the sum of the segments our code is in; with the floors, the sum of their p50s beside it."""
+    segments, floor_names = SHARE_SEGMENTS[kind]
+    sums = [sum(run["segments_s"][name] for name in segments) for run in runs]
+    share: dict[str, Any] = {"segments": list(segments), **stats(sums, digits=4)}
+    if floors and sums:
+        floor_s = sum(floors[name]["p50_s"] for name in floor_names)
+        share["floor"] = {"floors": list(floor_names), "p50_sum_s": round(floor_s, 4)}
+        share["above_floor_p50_s"] = round(share["p50_s"] - floor_s, 4)
+    return share
+
+
 # =================================================================================================== the baseline
 
 
@@ -753,10 +904,10 @@ def check_sane(result: dict[str, Any]) -> list[str]:
         if missing:
             problems.append(f"run {run['producer_run_id']}: no time for {missing}")
             continue
-        path = [segments[s.name] for s in FORWARDER_PATH]
-        if min(path) < -CLOCK_SLACK_S:
+        steps = [segments[s.name] for s in FORWARDER_PATH]
+        if min(steps) < -CLOCK_SLACK_S:
             problems.append(f"run {run['producer_run_id']}: a negative segment {segments}")
-        if abs(sum(path) - segments["total"]) > 0.002 * len(path):
+        if abs(sum(steps) - segments["total"]) > 0.002 * len(steps):
             problems.append(f"run {run['producer_run_id']}: segments do not add up to the total {segments}")
         if not 0 < segments["total"] < SANE_TOTAL_S:
             problems.append(f"run {run['producer_run_id']}: total {segments['total']} s")
@@ -766,6 +917,12 @@ def check_sane(result: dict[str, Any]) -> list[str]:
             problems.append(f"run {run['producer_run_id']}: received {run['receive_count']} times (retried)")
     for path in (*TRIGGER_PATHS, DAG_RUN_PATH):
         problems += _trigger_problems(path, result.get(path.key))
+    floors = result.get("floors") or {}
+    if "not_run_reason" not in floors:
+        for floor in FLOORS:
+            row = floors.get(floor.name) or {}
+            if not row.get("n") or row["min_s"] < -CLOCK_SLACK_S:
+                problems.append(f"floor {floor.name}: {row}")
     watcher = result.get("asset_watcher") or {}
     if watcher.get("failed"):
         problems.append(f"the asset watcher baseline failed: {watcher['not_run_reason'][:300]}")
@@ -843,6 +1000,35 @@ def _comparison(result: dict[str, Any], sections: list[tuple[TriggerPath, dict[s
     return lines
 
 
+def _shares(result: dict[str, Any], sections: list[tuple[TriggerPath, dict[str, Any]]]) -> list[str]:
+    """The product's own share of each row beside the floors under it, then the floors themselves."""
+    rows = [("asset_event over HTTPS (JWT)", result["forwarder"]), *((p.label, s) for p, s in sections)]
+    lines = [
+        "product's own share (listener + queue_wait + handler[_and_api]) and the floors under it, this run:",
+        "",
+        "| row | runs | share p50 ms | share p95 ms | floors p50 sum ms | above the floors p50 ms |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, section in rows:
+        share = section["product_share"]
+        floor = share.get("floor")
+        floor_ms = f"{floor['p50_sum_s'] * 1000:.1f}" if floor else "-"
+        above_ms = f"{share['above_floor_p50_s'] * 1000:.1f}" if floor else "-"
+        lines.append(
+            f"| {label} | {share['n']} | **{share['p50_s'] * 1000:.1f}** | {share['p95_s'] * 1000:.1f} "
+            f"| {floor_ms} | {above_ms} |"
+        )
+    floors = result.get("floors") or {}
+    if "not_run_reason" not in floors:
+        lines += ["", "| floor | measured directly | p50 ms | p95 ms | min ms |", "|---|---|---|---|---|"]
+        for name, row in floors.items():
+            lines.append(
+                f"| {name} | {row['what']} | {row['p50_s'] * 1000:.1f} | {row['p95_s'] * 1000:.1f} "
+                f"| {row['min_s'] * 1000:.1f} |"
+            )
+    return lines
+
+
 def _table(result: dict[str, Any]) -> str:
     forwarder = result["forwarder"]
     warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in forwarder["warmup"]) or "none"
@@ -857,6 +1043,7 @@ def _table(result: dict[str, Any]) -> str:
     sections = [(path, result[path.key]) for path in (*TRIGGER_PATHS, DAG_RUN_PATH) if result.get(path.key)]
     if sections:
         lines += ["", *_comparison(result, sections)]
+    lines += ["", *_shares(result, sections)]
     for path, section in sections:
         warm = ", ".join(f"{r['segments_s']['total']:.2f} s" for r in section["warmup"]) or "none"
         lines += [
@@ -924,6 +1111,11 @@ def run(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         trigger_runs = args.trigger_runs or size["trigger_runs"]
         for path in paths:  # before the baseline, which stops the downstream
             result[path.key] = trigger_section(world, path, trigger_runs, args.warmup)
+        floors = None if args.no_floors else measure_floors(world, args.floor_samples or max(runs, trigger_runs))
+        result["floors"] = floors or {"not_run_reason": "skipped (--no-floors)"}
+        result["forwarder"]["product_share"] = product_share(result["forwarder"]["runs"], "forwarder", floors)
+        for path in paths:
+            result[path.key]["product_share"] = product_share(result[path.key]["runs"], "trigger", floors)
         result["asset_watcher"] = baseline(args, world, root, size)
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -987,6 +1179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--watcher-poll-interval", type=int, help="the trigger's waiter_delay in s (default: the provider's own)"
     )
+    parser.add_argument(
+        "--floor-samples", type=int, help="samples of each floor (default: the larger of --runs and --trigger-runs)"
+    )
+    parser.add_argument("--no-floors", action="store_true", help="skip measuring each segment's floor")
     parser.add_argument("--seed", type=int, default=8, help="seed of the baseline's random offsets")
     parser.add_argument("--keep", action="store_true", help="keep the deployments' homes and logs")
     args = parser.parse_args(argv)

@@ -110,6 +110,27 @@ def test_quick_e2e_latency_bench_times_every_segment_of_forwarded_runs_for_each_
         assert run["downstream_event"] is None, run
         assert run["events_in_run"] == 1, run
 
+    # the floor under each segment, measured in the same run, and each row's own share beside the floors' sum
+    floors = result["floors"]
+    assert set(floors) == {"sqs_send", "sqs_long_poll", "dynamodb_put", "airflow_asset_event", "airflow_trigger_dag"}
+    for name, row in floors.items():
+        assert row["n"] == 3, (name, row)  # the larger of --runs (3) and --trigger-runs (2)
+        assert -0.005 <= row["min_s"] <= row["p50_s"] <= row["max_s"] < 5, (name, row)
+    for key, segments in [("forwarder", ["listener", "queue_wait", "handler"]),
+                          *((k, ["listener", "queue_wait", "handler_and_api"])
+                            for k in ("trigger_dag", "mwaa_trigger_dag", "dag_run"))]:  # fmt: skip
+        share, runs = result[key]["product_share"], result[key]["runs"]
+        sums = sorted(sum(run["segments_s"][name] for name in segments) for run in runs)
+        assert share["segments"] == segments, share
+        assert share["n"] == len(runs), share
+        assert share["p50_s"] == pytest.approx(sums[(len(sums) + 1) // 2 - 1], abs=1e-4), (share, sums)
+        assert share["floor"]["p50_sum_s"] == pytest.approx(
+            sum(floors[name]["p50_s"] for name in share["floor"]["floors"]), abs=1e-4
+        ), share
+        assert share["above_floor_p50_s"] == pytest.approx(share["p50_s"] - share["floor"]["p50_sum_s"], abs=1e-4)
+    assert "product's own share" in stdout, stdout
+    assert "| airflow_trigger_dag |" in stdout, stdout
+
     assert result["asset_watcher"]["not_run_reason"].startswith("skipped")
     assert "| **total** |" in stdout, stdout
     assert "| trigger_dag through the MWAA emulator (InvokeRestApi): run made by the API call | 2 |" in stdout, stdout
