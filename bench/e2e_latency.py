@@ -18,6 +18,8 @@ Per run, each step's time is read where that step is recorded, never by watching
   handler invoked               the same line (`started_at`, when the batch was handed to the function)
   downstream asset event        downstream REST (`timestamp` of the event the forwarder's POST created)
   `delivered`                   the handler's log line (after the POST answered and the ledger recorded it)
+  envelope emitted_at           the same line (the listener's clock when its hook built the envelope): cuts the
+                                listener segment into Airflow's part before the hook and the send
   DAG run created               downstream REST (`queued_at` of the consumer run)
 The segments between consecutive path steps add up to the total; `delivered` happens off that path (the scheduler
 does not wait for the POST's answer to reach the handler), so it is shown aside.
@@ -219,7 +221,14 @@ FORWARDER_PATH = (
             "invoked", "downstream_event"),
     Segment("downstream_scheduler", "downstream asset event -> DAG run queued_at", "downstream_event", "run_created"),
 )  # fmt: skip
+LISTENER_SPLIT = (
+    Segment("listener_emitted", "upstream asset event -> envelope emitted_at (Airflow commits, calls the hook)",
+            "upstream_event", "emitted"),
+    Segment("listener_send", "envelope emitted_at -> SQS SentTimestamp (spool, sender thread, SendMessage)",
+            "emitted", "on_queue"),
+)  # fmt: skip
 FORWARDER_ASIDE = (
+    *LISTENER_SPLIT,
     Segment("handler_until_delivered", "handler invoked -> `delivered` logged (incl. downstream API)",
             "invoked", "delivered"),
     Segment("downstream_api_answer", "downstream asset event -> `delivered` logged (POST answer, ledger)",
@@ -231,10 +240,7 @@ WATCHER_PATH = (
             "upstream_event", "downstream_event"),
     FORWARDER_PATH[-1],
 )  # fmt: skip
-WATCHER_ASIDE = (
-    Segment("listener_emitted", "upstream asset event -> envelope emitted_at (listener's hook)",
-            "upstream_event", "emitted"),
-)  # fmt: skip
+WATCHER_ASIDE = (LISTENER_SPLIT[0],)
 
 
 TRIGGER_PATH_SEGMENTS = (
@@ -245,7 +251,8 @@ TRIGGER_PATH_SEGMENTS = (
             "invoked", "run_created"),
 )  # fmt: skip
 TRIGGER_ASIDE = (
-    FORWARDER_ASIDE[0],
+    *LISTENER_SPLIT,
+    FORWARDER_ASIDE[2],
     Segment("downstream_api_answer", "DAG run queued_at -> `delivered` logged (rest of the POST, its answer, ledger)",
             "run_created", "delivered"),
 )  # fmt: skip
@@ -260,7 +267,9 @@ DAG_RUN_SEGMENTS = (
 DAG_RUN_ASIDE = (
     Segment("upstream_scheduler", "task end_date -> upstream DAG run end_date (the scheduler finishes the run)",
             "task_end", "run_end"),
-    *TRIGGER_ASIDE,
+    Segment("listener_emitted", "upstream DAG run end_date -> envelope emitted_at (Airflow commits, calls the hook)",
+            "run_end", "emitted"),
+    *TRIGGER_ASIDE[1:],
 )  # fmt: skip
 
 
@@ -477,6 +486,7 @@ def forwarded_once(world: World, seen: set[str]) -> Timeline:
         invoked=trace.first_invoked_at,
         downstream_event=_event_time(downstream_event),
         delivered=trace.delivered_at(DOWNSTREAM),
+        emitted=parse_time(delivered.get("emitted_at")),
         run_created=consumer.created_at,
         event_id=event_id,
         delivery_ms=delivered.get("latency_ms"),
@@ -563,6 +573,7 @@ def triggered_once(world: World, path: TriggerPath, seen: set[str]) -> Timeline:
         invoked=trace.first_invoked_at,
         downstream_event=None,
         delivered=trace.delivered_at(path.target),
+        emitted=parse_time(delivered.get("emitted_at")),
         run_created=created,
         event_id=event_id,
         delivery_ms=delivered.get("latency_ms"),

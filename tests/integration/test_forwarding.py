@@ -333,6 +333,28 @@ def test_broken_target_parameter_is_skipped_and_the_good_one_works(
         assert f'"target":"{name}"' in text.replace(" ", "")
 
 
+def test_the_delivered_line_says_when_the_listener_emitted_the_event(
+    stack: ForwarderStack,
+    lambda_driver: LambdaSqsDriver,
+    airflow: Callable[..., FakeAirflow],
+    forwarder_logs: object,
+) -> None:
+    fake = airflow("3")
+    fake.add_dataset(BEARS)
+    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    stack.send(envelope(BEARS, event_id="e-known", emitted_at="2026-11-23T23:00:00.123456Z"))
+    stack.send(envelope(BEARS, event_id="e-garbled", emitted_at="x" * 5000))
+
+    lambda_driver.drain()
+
+    assert len(fake.events) == 2
+    lines = [json.loads(line) for line in forwarder_logs.text.splitlines()]  # type: ignore[attr-defined]
+    delivered = {line["event_id"]: line for line in lines if line.get("message") == "delivered"}
+    assert delivered["e-known"]["emitted_at"] == "2026-11-23T23:00:00.123456+00:00"  # how old it is when delivered
+    assert delivered["e-garbled"].get("emitted_at") is None  # what the upstream wrote is not echoed
+    assert "x" * 100 not in forwarder_logs.text  # type: ignore[attr-defined]
+
+
 def test_two_copies_in_flight_reach_the_target_once(
     stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
 ) -> None:

@@ -238,7 +238,16 @@ class Forwarder:
             latency_ms = (time.monotonic() - started) * 1000
             self._stats.count(DELIVERED, target.name, kind=envelope.kind)
             self._stats.latency(target.name, latency_ms)
-            log.info("delivered", extra={**context, **result, "latency_ms": round(latency_ms, 1)})
+            emitted = envelope.emitted_at  # read back as a time: a bounded value whatever the upstream sent
+            log.info(
+                "delivered",
+                extra={
+                    **context,
+                    **result,
+                    "latency_ms": round(latency_ms, 1),
+                    "emitted_at": emitted.isoformat() if emitted else None,  # how old the event is at delivery
+                },
+            )
             return Settlement(target.name, Outcome.DELIVERED)
         return self._after_failure(message, envelope, target.name, failure, context)
 
