@@ -237,8 +237,8 @@ class DagRunSweep:
             return True
         except Exception:
             log.warning(
-                "Dataset forwarder: the sweep could not report run %s; it goes on with the others.",
-                getattr(dag_run, "run_id", "?"),
+                "Dataset forwarder: the sweep could not report the run with row id %s; it goes on with the others.",
+                _row_id(dag_run),
                 exc_info=True,
             )
             return False
@@ -328,3 +328,10 @@ class DagRunSweep:
                 "Dataset forwarder: the DAG-run sweep works again after %.0f s.", time.monotonic() - self._failing_since
             )
             self._failing_since = None
+
+
+def _row_id(dag_run: Any) -> str:
+    try:
+        return str(dag_run.id)
+    except Exception:
+        return "?"
