@@ -442,3 +442,27 @@ def test_hooks_never_raise_into_airflow(monkeypatch, tmp_path):
     sweeper.sweep.start = explode
     manager.hook.on_starting(component=Job())  # logged by the guard, nothing raised
     manager.hook.before_stopping(component=Job())
+
+
+def test_an_sqs_outage_loses_nothing_and_one_outcome_stays_one_spooled_file(sweeping):
+    from tests.fakes.sqs import connection_error
+
+    sweeping.client.fail = connection_error()
+    row = run_row(1, NOW + timedelta(seconds=1))
+    sweeping.make(ListRuns([row])).sweep()
+    wait_until(lambda: sweeping.client.calls >= 1 and len(sweeping.spool.pending()) == 1)  # failed: stays spooled
+    # While another process sends that file, the same outcome comes again from a process that does not know it
+    # was reported (a restarted scheduler's sweep): no second copy that would be sent once more.
+    [waiting] = sweeping.spool.pending()
+    claimed = sweeping.spool.claim(waiting)
+    sweeping.make(ListRuns([row])).sweep()
+
+    assert sweeping.spool.pending() == []
+    assert sweeping.spool.count() == 1
+    sweeping.spool.release(claimed)  # that process's send failed too
+    sweeping.client.fail = None
+    wait_until(lambda: len(sweeping.client.bodies) >= 1)  # sent after the back-off
+    bodies = sweeping.bodies()
+    assert {b["extra"]["run_id"] for b in bodies} == {"manual__1"}
+    assert len({b["id"] for b in bodies}) == 1
+    assert sweeping.spool.count() == 0

@@ -368,7 +368,7 @@ def test_airflow2_sweep_forwards_states_set_through_rest(
         stable = live.run("dagrun_ok")
         [hooked] = live.wait_for(ok_success, stable)
         decided = live.run("dagrun_ok")
-        live.wait_for(ok_success, decided)
+        [decided_hooked] = live.wait_for(ok_success, decided)
         # Marked success before it started (its DAG is paused, so it stays queued): Airflow stamps an end date.
         marked = queued_run(live, "dagrun_fail")
         live.patch_state("dagrun_fail", marked, "success")
@@ -388,6 +388,7 @@ def test_airflow2_sweep_forwards_states_set_through_rest(
             flipped, validator, deployment, dag_id="dagrun_ok", run_id=decided, state="failed", run_type="manual",
             trail=[deployment.name],
         )  # fmt: skip
+        assert flipped.body["extra"]["end_date"] == decided_hooked.body["extra"]["end_date"], flipped.body
         # Sent once each: the sweep read `stable` and `decided` (as success) before the later updates it forwarded.
         assert Counter((m.uri, m.body["extra"]["run_id"]) for m in live.seen) == {
             (ok_success, stable): 1, (ok_success, decided): 1, (fail_success, marked): 1, (ok_failed, decided): 1,

@@ -228,8 +228,9 @@ class DagRunSweep:
                 return False
             self.sender.submit(envelope, unique=False)
             log.info(
-                "Dataset forwarder: run %s of %s ended %s without a listener hook (REST API, UI, or another "
-                "scheduler): forwarded by the sweep.",
+                "Dataset forwarder: run %s of %s is %s and no hook of this process reported it (a state set "
+                "through the REST API or the UI, another scheduler's outcome, or one from before a restart): "
+                "forwarded by the sweep.",
                 dag_run.run_id,
                 dag_run.dag_id,
                 state,
