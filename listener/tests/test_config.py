@@ -105,3 +105,24 @@ def test_bad_values_are_named_and_replaced_by_the_default(caplog, variable, raw,
     assert getattr(loaded, attribute) == default
     assert variable in caplog.text
     assert repr(raw) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", 10.0),
+        ("0", 0.0),
+        ("2.5", 2.5),
+        ("3600", 3600.0),
+        ("-1", 10.0),
+        ("soon", 10.0),
+        ("nan", 10.0),
+        ("7200", 10.0),
+    ],
+)
+def test_dag_run_sweep_interval(raw, expected, caplog):
+    with caplog.at_level(logging.ERROR):
+        loaded = config.load({config.QUEUE_URL: URL, config.DEPLOYMENT: "a", config.DAG_RUN_SWEEP_S: raw})
+
+    assert loaded.dag_run_sweep_s == expected
+    assert (config.DAG_RUN_SWEEP_S in caplog.text) == (raw in ("-1", "soon", "nan", "7200"))

@@ -78,7 +78,7 @@ def listeners_of(monkeypatch, version, dag_runs="etl_*"):
 
 def dag_run_listener(monkeypatch, version="3.3.2"):
     listeners, manager = listeners_of(monkeypatch, version)
-    assert len(listeners) == 2
+    assert len(listeners) == (2 if version.startswith("3") else 3)  # Airflow 2: and the sweep's lifecycle listener
     client = StubSqs()
     use_stub(listeners[0], client)
     return listeners[1], manager, client
@@ -147,10 +147,12 @@ def test_finished_runs_of_matching_dags_are_sent_as_dag_run_envelopes(
 
 def test_the_dag_run_listener_shares_the_asset_listener_s_background_sender(monkeypatch, configured):
     (assets, runs), _ = listeners_of(monkeypatch, "3.3.2")
-    (datasets, runs2), _ = listeners_of(monkeypatch, "2.11.2")
+    (datasets, runs2, sweeper), _ = listeners_of(monkeypatch, "2.11.2")
 
     assert runs.sender is assets.sender
     assert runs2.sender is datasets.background
+    assert sweeper.sweep.sender is datasets.background
+    assert sweeper.sweep.recent is runs2.recent  # the sweep leaves alone what the hook reported
 
 
 def test_same_outcome_twice_has_one_id_and_a_cleared_rerun_a_new_one(monkeypatch, configured):

@@ -4,13 +4,19 @@ One migrated deployment per Airflow version serves the module. `airflow dags tes
 scheduler (+ api-server / webserver) covers production: runs finished by the scheduler, the loop guard over a
 `trigger_dag` conf and over the trails of the asset events that started a run, a cleared run finishing again (a new
 outcome, a new id), and a state set through the REST API (Airflow 3 reports it from the api-server; Airflow 2 calls
-no hook there). Negative checks wait for a later outcome reported by the same process, so nothing sleeps.
+no hook there, and the scheduler's finished-run sweep finds it: on 2.11 and 2.9, with a run marked while the
+scheduler was down, and the sweep's envelope of a scheduler-decided run compared with the hook's). Negative checks
+wait for a later outcome reported by the same process, so nothing sleeps.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +24,8 @@ from urllib.parse import quote
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.airflow_env import AirflowDeployment
+from tests.e2e.airflow_env import AirflowDeployment, ensure_airflow_venv, poll
+from tests.e2e.conftest import listener_extras
 from tests.e2e.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
 from tests.e2e.test_listener import migrated_deployment, target
 
@@ -26,6 +33,11 @@ pytestmark = pytest.mark.e2e
 
 AF3_NAME = "team-a"
 AF2_NAME = "team-b"
+AF29_NAME = "team-c"
+AIRFLOW29_VERSION = "2.9.3"
+SWEEP_STATE = "dag_run_sweep.state"  # the sweep's watermark, in the spool directory
+SWEEP_STARTED = "this scheduler looks every 1 s for finished runs"
+SWEEP_FAILED = "the DAG-run sweep failed"
 GLOBS = "dagrun_*"
 # No asset event of these DAGs matches: only dag_run envelopes reach the queue (INCLUDE does not filter DAG runs).
 NO_ASSETS = "none://*"
@@ -91,12 +103,24 @@ def af2(
 
 
 @pytest.fixture(scope="module")
+def af29(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
+) -> Iterator[AirflowDeployment]:
+    venv = ensure_airflow_venv(AIRFLOW29_VERSION, listener_extras())
+    yield from migrated_deployment(request, venv, tmp_path_factory.mktemp("af29-runs"), AF29_NAME, AIRFLOW2_DAGS, moto)
+
+
+@pytest.fixture(scope="module")
 def validator() -> Draft202012Validator:
     return envelope_validator()
 
 
 def runs_target(queue: str, spool: Path) -> dict[str, str | None]:
-    return target(queue, spool, DATASET_FORWARDER_DAG_RUNS=GLOBS, DATASET_FORWARDER_INCLUDE=NO_ASSETS)
+    """Airflow 2's sweep looks every second (default 10 s); Airflow 3 has none."""
+    return target(
+        queue, spool, DATASET_FORWARDER_DAG_RUNS=GLOBS, DATASET_FORWARDER_INCLUDE=NO_ASSETS,
+        DATASET_FORWARDER_DAG_RUN_SWEEP_S="1",
+    )  # fmt: skip
 
 
 def check_run_envelope(
@@ -276,15 +300,144 @@ def test_scheduler_reports_outcomes_with_trails_and_stops_loops(live: Live, vali
         trail=[name],
     )  # fmt: skip
 
-    # A state set through the REST API: Airflow 3 calls the hook in the api-server, Airflow 2 calls none.
+    # A state set through the REST API: Airflow 3 calls the hook in the api-server; Airflow 2 calls none, and the
+    # scheduler's sweep finds the change (DATASET_FORWARDER_DAG_RUN_SWEEP_S, 1 s here).
     live.patch_state("dagrun_ok", plain, "failed")
-    if deployment.major >= 3:
-        [patched] = live.wait_for(live.uri("dagrun_ok", "failed"), plain)
+    [patched] = live.wait_for(live.uri("dagrun_ok", "failed"), plain)
+    check_run_envelope(
+        patched, validator, deployment, dag_id="dagrun_ok", run_id=plain, state="failed", run_type="manual",
+        trail=[name],
+    )  # fmt: skip
+    # Each outcome once: on Airflow 2 the sweep read every row up to the patched one (it reads in the order of their
+    # updates, and the sender keeps that order), the scheduler's outcomes and the loop-guarded runs included.
+    assert Counter((m.uri, m.body["extra"]["run_id"]) for m in live.seen) == {
+        (live.uri("dagrun_fail", "failed"), failed): 1,
+        (live.uri("dagrun_consumer", "success"), consumer): 1,
+        (live.uri("dagrun_ok", "success"), plain): 2,  # the run, and its cleared rerun
+        (live.uri("dagrun_ok", "failed"), plain): 1,
+    }, [m.body for m in live.seen]
+
+
+# --------------------------------------------------------------------------------------------------- Airflow 2's sweep
+
+
+def set_paused(deployment: AirflowDeployment, dag_id: str, paused: bool) -> None:
+    deployment.api_json(
+        "PATCH",
+        f"{deployment.api_prefix}/dags/{dag_id}",
+        params={"update_mask": "is_paused"},
+        json={"is_paused": paused},
+    )
+
+
+def queued_run(live: Live, dag_id: str) -> str:
+    """A run of the (paused) DAG that no scheduler starts: it stays queued."""
+    return str(live.deployment.trigger_dag(dag_id)["dag_run_id"])
+
+
+def rewind_watermark(spool: Path, moment: datetime) -> None:
+    """Set the sweep's watermark as a scheduler that last looked at `moment` would have left it (0600)."""
+    path = spool / SWEEP_STATE
+    path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"version": 1, "updated_at": moment.isoformat()}, file)
+
+
+@pytest.mark.parametrize("which", ["af2", "af29"])
+def test_airflow2_sweep_forwards_states_set_through_rest(
+    which: str, request: pytest.FixtureRequest, moto: MotoSqs, validator: Draft202012Validator, tmp_path: Path
+) -> None:
+    deployment: AirflowDeployment = request.getfixturevalue(which)
+    queue, spool = moto.create_queue(f"{which}-sweep"), tmp_path / "spool"
+    live = Live(deployment, moto, queue)
+    ok_success, ok_failed = live.uri("dagrun_ok", "success"), live.uri("dagrun_ok", "failed")
+    fail_success, fail_failed = live.uri("dagrun_fail", "success"), live.uri("dagrun_fail", "failed")
+
+    # History: a finished run from before the first start, which the sweep must not replay (it starts from now).
+    old = dags_test(deployment, "dagrun_ok", **runs_target(moto.create_queue(f"{which}-history"), tmp_path / "h"))
+    assert old.run_state == "success", old.tail()
+    history = logged_run_id(old.output, "dagrun_ok")
+    try:
+        with env_changed(deployment, **runs_target(queue, spool)):
+            deployment.start()
+        deployment.wait_healthy()
+        set_paused(deployment, "dagrun_fail", True)
+
+        # Runs the scheduler finishes: reported by its hook; the sweep leaves them alone.
+        stable = live.run("dagrun_ok")
+        [hooked] = live.wait_for(ok_success, stable)
+        decided = live.run("dagrun_ok")
+        [decided_hooked] = live.wait_for(ok_success, decided)
+        # Marked success before it started (its DAG is paused, so it stays queued): Airflow stamps an end date.
+        marked = queued_run(live, "dagrun_fail")
+        live.patch_state("dagrun_fail", marked, "success")
+        [by_sweep] = live.wait_for(fail_success, marked)
+        errors = [e.message for e in validator.iter_errors(by_sweep.body)]
+        assert not errors, (errors, by_sweep.body)
+        assert by_sweep.body["extra"]["state"] == "success", by_sweep.body
+        assert by_sweep.body["extra"]["start_date"] is None, by_sweep.body  # it never ran
+        assert by_sweep.body["extra"]["end_date"], by_sweep.body
+        assert by_sweep.body["source"]["deployment"] == deployment.name
+        assert by_sweep.attributes["event_id"] == by_sweep.id
+        # A finished run marked the other way keeps its end date on Airflow 2 (only unfinished -> finished stamps
+        # one); the sweep reads the rows' updates, so it sees this one too.
+        live.patch_state("dagrun_ok", decided, "failed")
+        [flipped] = live.wait_for(ok_failed, decided)
         check_run_envelope(
-            patched, validator, deployment, dag_id="dagrun_ok", run_id=plain, state="failed", run_type="manual",
-            trail=[name],
+            flipped, validator, deployment, dag_id="dagrun_ok", run_id=decided, state="failed", run_type="manual",
+            trail=[deployment.name],
         )  # fmt: skip
-    else:
-        later = live.run("dagrun_ok")
-        live.wait_for(live.uri("dagrun_ok", "success"), later)
-        assert [m for m in live.seen if m.uri == live.uri("dagrun_ok", "failed")] == [], [m.body for m in live.seen]
+        assert flipped.body["extra"]["end_date"] == decided_hooked.body["extra"]["end_date"], flipped.body
+        # Sent once each: the sweep read `stable` and `decided` (as success) before the later updates it forwarded.
+        assert Counter((m.uri, m.body["extra"]["run_id"]) for m in live.seen) == {
+            (ok_success, stable): 1, (ok_success, decided): 1, (fail_success, marked): 1, (ok_failed, decided): 1,
+        }, [m.body for m in live.seen]  # fmt: skip
+        state_file = spool / SWEEP_STATE
+        assert state_file.stat().st_mode & 0o777 == 0o600
+        deployment.stop()
+
+        # While no scheduler runs, a run is marked failed through the REST API.
+        with env_changed(deployment, **runs_target(queue, spool)):
+            deployment.start(scheduler=False)
+        deployment.wait_healthy()
+        down = queued_run(live, "dagrun_fail")
+        live.patch_state("dagrun_fail", down, "failed")
+        deployment.stop()
+        # The restarted scheduler forwards it. With its watermark set back to before `stable` finished (and no
+        # memory of what its hook sent), its sweep also sends `stable` again: the hook's envelope, the same id.
+        rewind_watermark(spool, datetime.fromisoformat(hooked.body["extra"]["end_date"]) - timedelta(seconds=1))
+        with env_changed(deployment, **runs_target(queue, spool)):
+            deployment.start()
+        deployment.wait_healthy()
+        [after_restart] = live.wait_for(fail_failed, down)
+        assert after_restart.body["extra"]["state"] == "failed", after_restart.body
+        assert after_restart.body["extra"]["end_date"], after_restart.body
+        again = live.wait_for(ok_success, stable, count=2)
+        assert again[1].body == hooked.body, [m.body for m in again]
+        assert again[1].attributes == hooked.attributes
+        poll(
+            lambda: json.loads(state_file.read_text())["updated_at"] > hooked.body["extra"]["end_date"],
+            timeout_s=30, what="the watermark moved on", diagnose=deployment.logs,
+        )  # fmt: skip
+    finally:
+        deployment.stop()
+        set_paused_safely(deployment, "dagrun_fail")
+
+    # One id per run outcome, however often it was sent (the run from before the first start may come again only
+    # from the rewound look, which goes back a minute before the watermark, and then with its one id).
+    ids: dict[tuple[str, str], set[str]] = {}
+    for message in live.seen:
+        ids.setdefault((message.uri, message.body["extra"]["run_id"]), set()).add(message.id)
+    assert all(len(found) == 1 for found in ids.values()), ids
+    assert {stable, decided, marked, down} <= {run for _, run in ids} <= {stable, decided, marked, down, history}
+    # The sweep ran in the scheduler only, once per start, and never failed.
+    logs = {path.name: path.read_text(errors="replace") for path in deployment.home.glob("*.log")}
+    assert logs["scheduler.log"].count(SWEEP_STARTED) >= 2, logs["scheduler.log"][-3000:]
+    assert SWEEP_STARTED not in logs.get("webserver.log", ""), logs.get("webserver.log", "")[-3000:]
+    assert not any(SWEEP_FAILED in text for text in logs.values()), {n: t[-3000:] for n, t in logs.items()}
+
+
+def set_paused_safely(deployment: AirflowDeployment, dag_id: str) -> None:
+    """Leave the module's deployment as it was (its DAGs unpaused) for the tests that follow, through the CLI."""
+    deployment.airflow("dags", "unpause", dag_id, check=False)

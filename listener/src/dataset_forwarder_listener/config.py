@@ -24,10 +24,13 @@ DAG_RUNS = "DATASET_FORWARDER_DAG_RUNS"
 SPOOL_DIR = "DATASET_FORWARDER_SPOOL_DIR"
 SPOOL_MAX = "DATASET_FORWARDER_SPOOL_MAX"
 SEND_TIMEOUT_S = "DATASET_FORWARDER_SEND_TIMEOUT_S"
+DAG_RUN_SWEEP_S = "DATASET_FORWARDER_DAG_RUN_SWEEP_S"
 
 DEFAULT_SPOOL_MAX = 10_000
 DEFAULT_SEND_TIMEOUT_S = 5.0
 MAX_SEND_TIMEOUT_S = 60.0
+DEFAULT_DAG_RUN_SWEEP_S = 10.0
+MAX_DAG_RUN_SWEEP_S = 3600.0
 
 # Where a deployment name can come from when DATASET_FORWARDER_DEPLOYMENT is unset, best first:
 # Astro sets its deployment namespace, MWAA its environment name; instance_name is the
@@ -54,6 +57,8 @@ class Config:
     spool_dir: Path = Path("dataset_forwarder_spool")
     spool_max: int = DEFAULT_SPOOL_MAX
     send_timeout_s: float = DEFAULT_SEND_TIMEOUT_S
+    dag_run_sweep_s: float = DEFAULT_DAG_RUN_SWEEP_S
+    """Airflow 2: how often the scheduler looks for runs finished without a hook (REST, UI); 0: never."""
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config | None:
@@ -70,6 +75,7 @@ def load(environ: Mapping[str, str] | None = None) -> Config | None:
         spool_dir=_spool_dir(env),
         spool_max=_positive_int(env, SPOOL_MAX, DEFAULT_SPOOL_MAX),
         send_timeout_s=_timeout(env),
+        dag_run_sweep_s=_sweep_interval(env),
     )
 
 
@@ -149,4 +155,24 @@ def _timeout(env: Mapping[str, str]) -> float:
             DEFAULT_SEND_TIMEOUT_S,
         )
         return DEFAULT_SEND_TIMEOUT_S
+    return value
+
+
+def _sweep_interval(env: Mapping[str, str]) -> float:
+    raw = env.get(DAG_RUN_SWEEP_S, "").strip()
+    if not raw:
+        return DEFAULT_DAG_RUN_SWEEP_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_DAG_RUN_SWEEP_S:  # also NaN
+        log.error(
+            "%s=%r is not a number of seconds in [0, %g] (0: off); using the default %g.",
+            DAG_RUN_SWEEP_S,
+            raw,
+            MAX_DAG_RUN_SWEEP_S,
+            DEFAULT_DAG_RUN_SWEEP_S,
+        )
+        return DEFAULT_DAG_RUN_SWEEP_S
     return value

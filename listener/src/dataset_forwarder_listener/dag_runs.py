@@ -2,16 +2,16 @@
 
 ``on_dag_run_success`` / ``on_dag_run_failed`` have the same signature on Airflow 2.9+ and 3.x. They run
 where the run's outcome is decided: in the scheduler's loop (inside its transaction), in the api-server for
-a state set through the REST API or UI (3.x only; 2.x calls no hook there), in the ``airflow dags test``
-process. None of these may wait for SQS, so the hook builds the envelope and hands it to the background
-sender: a spool write and a queue put.
+a state set through the REST API or UI (3.x only; 2.x calls no hook there: ``sweep`` finds those), in the
+``airflow dags test`` process. None of these may wait for SQS, so the hook builds the envelope and hands it to
+the background sender: a spool write and a queue put.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
 
@@ -19,6 +19,9 @@ from dataset_forwarder_listener.config import Config
 from dataset_forwarder_listener.envelope import LINEAGE_KEY, RunOutcome, build_run, selected
 from dataset_forwarder_listener.safety import guard
 from dataset_forwarder_listener.sender import BackgroundSender
+
+if TYPE_CHECKING:
+    from dataset_forwarder_listener.sweep import RecentIds
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +101,14 @@ def consumed_events(dag_run: Any) -> list[Any]:
 class DagRunListener:
     """Registered only when ``DATASET_FORWARDER_DAG_RUNS`` names at least one DAG."""
 
-    def __init__(self, config: Config, airflow_version: str, sender: BackgroundSender) -> None:
+    def __init__(
+        self, config: Config, airflow_version: str, sender: BackgroundSender, recent: RecentIds | None = None
+    ) -> None:
         self.config = config
         self.airflow_version = airflow_version
         self.sender = sender
+        self.recent = recent
+        """Airflow 2 with the sweep: the ids reported here, which the sweep then leaves alone."""
 
     @hookimpl
     def on_dag_run_success(self, dag_run: Any, msg: str) -> None:
@@ -120,4 +127,6 @@ class DagRunListener:
             outcome_of(dag_run, state), deployment=self.config.deployment, airflow_version=self.airflow_version
         )
         if envelope is not None:
+            if self.recent is not None:
+                self.recent.add(envelope["id"])
             self.sender.submit(envelope)

@@ -2,7 +2,8 @@
 
 The Airflow version and the configuration are resolved once, when Airflow loads plugins. With
 ``DATASET_FORWARDER_QUEUE_URL`` unset the plugin registers no listener and says so once. The DAG-run
-listener is registered only when ``DATASET_FORWARDER_DAG_RUNS`` names some DAG.
+listener is registered only when ``DATASET_FORWARDER_DAG_RUNS`` names some DAG; on Airflow 2 with it the
+finished-run sweep's lifecycle listener (``sweep_af2``), unless ``DATASET_FORWARDER_DAG_RUN_SWEEP_S`` is 0.
 """
 
 from __future__ import annotations
@@ -85,8 +86,31 @@ def _build_listeners() -> list[Any]:
     if cfg.dag_runs:
         from dataset_forwarder_listener.dag_runs import DagRunListener
 
-        listeners.append(DagRunListener(cfg, AIRFLOW_VERSION, background))
+        if release >= (3, 0) or cfg.dag_run_sweep_s == 0:
+            listeners.append(DagRunListener(cfg, AIRFLOW_VERSION, background))
+        else:
+            listeners.extend(_with_sweep(cfg, background))
     return listeners
+
+
+def _with_sweep(cfg: settings.Config, background: BackgroundSender) -> list[Any]:
+    """Airflow 2: the DAG-run listener and the sweep that finds the outcomes no hook reports (REST API, UI), run by
+    the scheduler only; the two share the ids reported so far."""
+    from dataset_forwarder_listener.dag_runs import DagRunListener
+    from dataset_forwarder_listener.sweep import DagRunSweep, RecentIds, Watermark
+    from dataset_forwarder_listener.sweep_af2 import DagRunSweeper, SqlFinishedRuns
+
+    recent = RecentIds()
+    sweep = DagRunSweep(
+        cfg,
+        AIRFLOW_VERSION,
+        background,
+        SqlFinishedRuns(cfg.dag_runs),
+        recent=recent,
+        watermark=Watermark(background.sender.spool),
+        interval_s=cfg.dag_run_sweep_s,
+    )
+    return [DagRunListener(cfg, AIRFLOW_VERSION, background, recent), DagRunSweeper(sweep)]
 
 
 class DatasetForwarderPlugin(AirflowPlugin):

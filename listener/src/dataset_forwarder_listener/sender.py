@@ -290,9 +290,13 @@ class BackgroundSender:
         self._retry_at = 0.0
         self._backoff = min_backoff_s
 
-    def submit(self, envelope: Envelope) -> None:
-        """Spool ``envelope`` and queue it for the thread; never blocks."""
-        path = self.sender.spool.write(envelope, unique=True)
+    def submit(self, envelope: Envelope, *, unique: bool = True) -> None:
+        """Spool ``envelope`` and queue it for the thread; never blocks.
+
+        ``unique``: this envelope was never spooled before (see ``Spool.write``); False when it may have been
+        (the DAG-run sweep reports outcomes a hook may have reported already), so one id stays one file.
+        """
+        path = self.sender.spool.write(envelope, unique=unique)
         if self.sender.spool.refused:
             return  # an unsafe spool directory: nothing is forwarded from this process (the spool said why)
         self._submitted_at = time.monotonic()

@@ -344,6 +344,47 @@ class Spool:
             return None
         return envelope
 
+    def read_private(self, name: str) -> bytes | None:
+        """The content of the listener's own small file ``name`` in the spool directory (not an envelope: its name
+        does not end in SUFFIX, so no flush ever sends it); None when it does not exist or cannot be read safely
+        (a symbolic link, another user's directory: logged)."""
+        path = self._private_path(name)
+        try:
+            if not self._ready(create=True):
+                return None
+            return _read_file(path)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("Cannot read %s: %s", path, exc)
+            return None
+
+    def write_private(self, name: str, data: bytes) -> bool:
+        """Replace the listener's own file ``name`` with ``data`` (0600, atomically, never through a link); True
+        when written."""
+        path = self._private_path(name)
+        tmp = os.path.join(self.directory, f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{name}")
+        try:
+            if not self._ready(create=True):
+                return False
+            try:
+                _write_file(tmp, data, self._fix_mode)
+            except FileExistsError:  # left by a crashed process that had our pid and thread id
+                os.unlink(tmp)
+                _write_file(tmp, data, self._fix_mode)
+            os.replace(tmp, path)  # a link planted at ``path`` is replaced, never followed
+            return True
+        except OSError as exc:
+            log.warning("Cannot write %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            return False
+
+    def _private_path(self, name: str) -> Path:
+        if name.endswith(SUFFIX) or name.startswith(".") or os.sep in name:
+            raise ValueError(f"not a name for a private file of the spool: {name!r}")
+        return self.directory / name
+
     def _release_stale_claims(self) -> None:
         if not self.inflight_dir.is_dir():
             return

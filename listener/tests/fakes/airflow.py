@@ -19,6 +19,8 @@ LISTENER_MODULES = (
     "dataset_forwarder_listener.manager_af2",
     "dataset_forwarder_listener.manager_af3",
     "dataset_forwarder_listener.dag_runs",
+    "dataset_forwarder_listener.sweep",
+    "dataset_forwarder_listener.sweep_af2",
 )
 
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -55,6 +57,21 @@ def _taskinstance_spec() -> types.ModuleType:
 
     spec.on_task_instance_running = hookspec(on_task_instance_running)  # type: ignore[attr-defined]
     spec.on_task_instance_success = hookspec(on_task_instance_success)  # type: ignore[attr-defined]
+    return spec
+
+
+def _lifecycle_spec() -> types.ModuleType:
+    """The same on Airflow 2.9+ and 3.x; Airflow 2 passes the ``Job`` (before its runner sets ``job_type``)."""
+    spec = types.ModuleType("airflow.listeners.spec.lifecycle")
+
+    def on_starting(component):  # type: ignore[no-untyped-def]
+        """Execute before Airflow component - jobs like scheduler, worker, or task runner starts."""
+
+    def before_stopping(component):  # type: ignore[no-untyped-def]
+        """Execute before Airflow component - jobs like scheduler, worker, or task runner stops."""
+
+    spec.on_starting = hookspec(on_starting)  # type: ignore[attr-defined]
+    spec.before_stopping = hookspec(before_stopping)  # type: ignore[attr-defined]
     return spec
 
 
@@ -189,6 +206,9 @@ def install(monkeypatch, version: str, *, event_hook: bool = True) -> pluggy.Plu
     dagrun_spec = _dagrun_spec()
     modules["airflow.listeners.spec.dagrun"] = dagrun_spec
     manager.add_hookspecs(dagrun_spec)
+    lifecycle_spec = _lifecycle_spec()
+    modules["airflow.listeners.spec.lifecycle"] = lifecycle_spec
+    manager.add_hookspecs(lifecycle_spec)
     modules.update(_sqlalchemy())
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
