@@ -26,7 +26,8 @@ LINEAGE_KEY = "dataset_forwarder"
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/airflow-dataset-forwarder/envelope/v1")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-Envelope = dict[str, Any]
+# The JSON object sent as the SQS message body (the forwarder parses it into its own `Envelope`).
+EnvelopeBody = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def build(
     airflow_version: str | None,
     include: Sequence[str] = (),
     now: datetime | None = None,
-) -> Envelope | None:
+) -> EnvelopeBody | None:
     """The envelope for ``event``, or None when it must not be forwarded (filtered or looped)."""
     if not included(event.uri, include):
         log.debug("Not forwarding %s: it matches none of the include patterns %s.", event.uri, list(include))
@@ -116,7 +117,7 @@ def build_run(
     deployment: str,
     airflow_version: str | None,
     now: datetime | None = None,
-) -> Envelope | None:
+) -> EnvelopeBody | None:
     """The ``dag_run`` envelope of ``outcome``, or None when the run was started from this deployment's own
     forwarding (its trail holds this deployment already)."""
     uri = run_uri(deployment, outcome.dag_id, outcome.state)
@@ -211,7 +212,7 @@ def event_id(deployment: str, event_key: str | None, uri: str, emitted_at: str) 
     return uuid.uuid5(_ID_NAMESPACE, name).hex
 
 
-def message_attributes(envelope: Envelope) -> dict[str, dict[str, str]]:
+def message_attributes(envelope: EnvelopeBody) -> dict[str, dict[str, str]]:
     """The SQS message attributes of DESIGN.md §3 (all String)."""
     values = {
         "uri": envelope["uri"],
@@ -221,7 +222,7 @@ def message_attributes(envelope: Envelope) -> dict[str, dict[str, str]]:
     return {key: {"DataType": "String", "StringValue": value} for key, value in values.items()}
 
 
-def dumps(envelope: Envelope) -> str:
+def dumps(envelope: EnvelopeBody) -> str:
     """The message body: compact JSON, ASCII only (SQS rejects some raw Unicode code points)."""
     return json.dumps(envelope, separators=(",", ":"))
 

@@ -17,7 +17,7 @@ from typing import Any
 from airflow.listeners import hookimpl
 
 from dataset_forwarder_listener.config import Config
-from dataset_forwarder_listener.envelope import Envelope, UpstreamEvent, build
+from dataset_forwarder_listener.envelope import EnvelopeBody, UpstreamEvent, build
 from dataset_forwarder_listener.safety import guard
 from dataset_forwarder_listener.sender import BackgroundSender, Sender
 
@@ -105,7 +105,7 @@ class DatasetListener:
         if envelopes:
             self.sender.send_all(envelopes)
 
-    def envelopes(self, events: list[UpstreamEvent]) -> list[Envelope]:
+    def envelopes(self, events: list[UpstreamEvent]) -> list[EnvelopeBody]:
         """The envelopes of ``events`` that are to be sent (include filter and loop guard applied)."""
         built = (
             build(

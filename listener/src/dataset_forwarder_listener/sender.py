@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_forwarder_listener.envelope import Envelope
+from dataset_forwarder_listener.envelope import EnvelopeBody
 from dataset_forwarder_listener.spool import Spool
 from dataset_forwarder_listener.sqs_transport import (
     MAX_BATCH,
@@ -68,11 +68,11 @@ class Sender:
         self.spool = spool
         self.budget_s = budget_s
 
-    def send(self, envelope: Envelope, deadline: float | None = None) -> bool:
+    def send(self, envelope: EnvelopeBody, deadline: float | None = None) -> bool:
         """Spool and send one envelope; True when SQS accepted it. Never raises."""
         return self.send_one(envelope, self.spool.write(envelope), deadline) is SendOutcome.SENT
 
-    def send_all(self, envelopes: Iterable[Envelope], flush_limit: int = 10) -> int:
+    def send_all(self, envelopes: Iterable[EnvelopeBody], flush_limit: int = 10) -> int:
         """Spool all, send them in order within one budget, then catch up on older ones; how many were sent.
 
         After the first failure the rest are only spooled: a queue that just failed would spend
@@ -95,12 +95,12 @@ class Sender:
             sent += self.flush(limit=flush_limit, deadline=deadline).sent
         return sent
 
-    def send_one(self, envelope: Envelope, path: Path | None, deadline: float | None = None) -> SendOutcome:
+    def send_one(self, envelope: EnvelopeBody, path: Path | None, deadline: float | None = None) -> SendOutcome:
         """Send an envelope already spooled at ``path`` (None: could not be spooled) and settle its file."""
         return self.send_batch([(envelope, path)], deadline)[0]
 
     def send_batch(
-        self, items: Sequence[tuple[Envelope, Path | None]], deadline: float | None = None
+        self, items: Sequence[tuple[EnvelopeBody, Path | None]], deadline: float | None = None
     ) -> list[SendOutcome]:
         """``send_one`` for several envelopes in as few calls as SQS allows; one outcome per item.
 
@@ -110,7 +110,7 @@ class Sender:
         if self.spool.refused:  # an unsafe spool directory: this process forwards nothing (the spool said why)
             return [SendOutcome.RETRY] * len(items)
         outcomes = [SendOutcome.SENT] * len(items)  # a file another process took (or a flush sent) counts as sent
-        todo: list[tuple[int, Envelope, Path | None]] = []
+        todo: list[tuple[int, EnvelopeBody, Path | None]] = []
         for index, (envelope, path) in enumerate(items):
             claimed = None
             if path is not None:
@@ -130,7 +130,7 @@ class Sender:
             outcomes[index] = result.outcome
         return outcomes
 
-    def _settle(self, envelope: Envelope, claimed: Path | None, result: Result) -> None:
+    def _settle(self, envelope: EnvelopeBody, claimed: Path | None, result: Result) -> None:
         if result.outcome is SendOutcome.SENT:
             if claimed is not None:
                 self.spool.remove(claimed)
@@ -193,9 +193,9 @@ class Sender:
             log.info("Sent %d spooled dataset events to SQS.", sent)
         return Flushed(sent=sent, remaining=len(paths) - settled, failed=failed)
 
-    def _claim(self, paths: Sequence[Path]) -> list[tuple[Path, Envelope]]:
+    def _claim(self, paths: Sequence[Path]) -> list[tuple[Path, EnvelopeBody]]:
         """Claim and read ``paths``: the ones this process now holds, with their envelopes."""
-        batch: list[tuple[Path, Envelope]] = []
+        batch: list[tuple[Path, EnvelopeBody]] = []
         for path in paths:
             claimed = self.spool.claim(path)
             envelope = self.spool.read(claimed) if claimed is not None else None
@@ -216,7 +216,7 @@ class Sender:
 
 @dataclass(frozen=True)
 class _Item:
-    envelope: Envelope
+    envelope: EnvelopeBody
     path: Path | None
 
 
@@ -290,7 +290,7 @@ class BackgroundSender:
         self._retry_at = 0.0
         self._backoff = min_backoff_s
 
-    def submit(self, envelope: Envelope, *, unique: bool = True) -> None:
+    def submit(self, envelope: EnvelopeBody, *, unique: bool = True) -> None:
         """Spool ``envelope`` and queue it for the thread; never blocks.
 
         ``unique``: this envelope was never spooled before (see ``Spool.write``); False when it may have been

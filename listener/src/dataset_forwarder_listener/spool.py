@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from dataset_forwarder_listener.envelope import Envelope, epoch_ns
+from dataset_forwarder_listener.envelope import EnvelopeBody, epoch_ns
 
 try:
     import fcntl
@@ -100,7 +100,7 @@ class Spool:
     def rejected_dir(self) -> Path:
         return self.directory / REJECTED
 
-    def write(self, envelope: Envelope, *, unique: bool = False) -> Path | None:
+    def write(self, envelope: EnvelopeBody, *, unique: bool = False) -> Path | None:
         """Persist ``envelope``; its path, or None when it could not be written (full or failing disk).
 
         ``unique``: the caller knows this id was never spooled before (its key is new to this call),
@@ -329,7 +329,7 @@ class Spool:
                 self.rejected_max_bytes,
             )
 
-    def read(self, path: Path) -> Envelope | None:
+    def read(self, path: Path) -> EnvelopeBody | None:
         """The envelope stored in ``path``; None (and the file parked as rejected) when unreadable."""
         try:
             envelope = json.loads(_read_file(path))

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from dataset_forwarder_listener.envelope import Envelope, dumps, message_attributes
+from dataset_forwarder_listener.envelope import EnvelopeBody, dumps, message_attributes
 
 # Refusals that are about the message itself (too large, bad characters): sending it again can
 # never succeed. Everything else (throttling, credentials, a missing queue, KMS) may heal.
@@ -104,12 +104,12 @@ class SqsTransport:
         self._worker: _Worker | None = None
         self._lock = threading.Lock()
 
-    def send(self, envelope: Envelope, timeout_s: float) -> Result:
+    def send(self, envelope: EnvelopeBody, timeout_s: float) -> Result:
         """Send ``envelope``; never raises, returns within ``timeout_s`` (the call may finish later)."""
         answer = self._call(lambda client: self._send_one(client, envelope), timeout_s)
         return answer if isinstance(answer, Result) else Result(SendOutcome.RETRY, f"unexpected answer {answer!r}")
 
-    def send_batch(self, envelopes: Sequence[Envelope], timeout_s: float) -> list[Result]:
+    def send_batch(self, envelopes: Sequence[EnvelopeBody], timeout_s: float) -> list[Result]:
         """Send ``envelopes`` in as few calls as SQS allows; one result per envelope, in order.
 
         Never raises and returns within ``timeout_s``. Each envelope keeps its own body and
@@ -135,7 +135,7 @@ class SqsTransport:
             answers[index] = result
         return [answer or Result(SendOutcome.RETRY, "not tried") for answer in answers]
 
-    def _send_chunk(self, chunk: Sequence[Envelope], deadline: float) -> list[Result]:
+    def _send_chunk(self, chunk: Sequence[EnvelopeBody], deadline: float) -> list[Result]:
         if len(chunk) == 1:
             return [self.send(chunk[0], deadline - time.monotonic())]
         answer = self._call(lambda client: self._send_batch_now(client, chunk), deadline - time.monotonic())
@@ -189,7 +189,7 @@ class SqsTransport:
                 self._client, self._client_pid = self._factory(), os.getpid()
             return self._client
 
-    def _send_one(self, client: Any, envelope: Envelope) -> Result:
+    def _send_one(self, client: Any, envelope: EnvelopeBody) -> Result:
         client.send_message(
             QueueUrl=self.queue_url,
             MessageBody=dumps(envelope),
@@ -197,7 +197,7 @@ class SqsTransport:
         )
         return Result(SendOutcome.SENT)
 
-    def _send_batch_now(self, client: Any, chunk: Sequence[Envelope]) -> list[Result]:
+    def _send_batch_now(self, client: Any, chunk: Sequence[EnvelopeBody]) -> list[Result]:
         # Entry ids are positions: envelope ids are unique per event, but one batch could hold a copy twice.
         answer = client.send_message_batch(
             QueueUrl=self.queue_url,
@@ -236,9 +236,9 @@ def unsendable(envelope: Any) -> str | None:
     return None
 
 
-def _chunks(envelopes: Sequence[Envelope]) -> Iterator[list[Envelope]]:
+def _chunks(envelopes: Sequence[EnvelopeBody]) -> Iterator[list[EnvelopeBody]]:
     """Envelopes in groups SQS takes in one SendMessageBatch: at most 10, and under its size limit."""
-    chunk: list[Envelope] = []
+    chunk: list[EnvelopeBody] = []
     size = 0
     for envelope in envelopes:
         weight = _weight(envelope)
@@ -251,7 +251,7 @@ def _chunks(envelopes: Sequence[Envelope]) -> Iterator[list[Envelope]]:
         yield chunk
 
 
-def _weight(envelope: Envelope) -> int:
+def _weight(envelope: EnvelopeBody) -> int:
     """What an envelope counts against a batch's size limit: its body and its attributes, in bytes."""
     attributes = message_attributes(envelope)
     return len(dumps(envelope)) + sum(
