@@ -124,7 +124,7 @@ class DynamoDBLedgerStore(LedgerStore, DynamoDBPersistenceLayer):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
-            existing = exc.response.get("Item")  # type: ignore[typeddict-item]
+            existing = exc.response.get("Item")
             old = self._item_to_data_record(existing) if existing else None
             raise IdempotencyItemAlreadyExistsError(old_data_record=old) from exc
         replaced = response.get("Attributes")
