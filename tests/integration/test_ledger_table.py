@@ -176,3 +176,23 @@ def test_on_dynamodb_a_hold_outlasts_the_claiming_invocation_and_a_release_frees
     assert table.item(DELIVERY_PREFIX, {"event_id": "event-1", "target": "team-c"}) == {}
     again = ledger.claim("event-1", "team-c")
     assert (again.done, again.earlier_try) == (False, False)
+
+
+def test_the_ledger_s_store_still_serves_plain_powertools(table: Table) -> None:
+    from dataset_forwarder.ledger_store import DynamoDBLedgerStore
+
+    config = IdempotencyConfig(expires_after_seconds=TTL_S)
+    config.register_lambda_context(LambdaContext(timeout_s=60))
+    store = DynamoDBLedgerStore(table_name=table.name, boto3_client=table.client)
+    once = idempotent_function(
+        _run, data_keyword_argument="key", persistence_store=store, config=config, key_prefix=DELIVERY_PREFIX
+    )
+    ran: list[int] = []
+
+    def post() -> dict[str, Any]:
+        ran.append(1)
+        return {"status": 200}
+
+    assert once(key=PAIR, action=post) == once(key=PAIR, action=post) == {"status": 200}
+    assert ran == [1]
+    assert table.ledger().claim("event-1", "team-b").done
