@@ -284,7 +284,7 @@ class Parts:
         self._body = {"asset_id": 1, "extra": extra}
 
     def _claim_and_complete(self, pair: tuple[str, str]) -> None:
-        self._ledger.deliver_once(pair[0], pair[1], lambda _earlier_try: {})
+        self._ledger.complete(self._ledger.claim(pair[0], pair[1]), {})
 
     def _post(self, url: str) -> None:
         reply = self._transport.request("POST", url, headers=self._headers, json_body=self._body, timeout=(3.05, 10))

@@ -1,10 +1,10 @@
-"""An in-process stand-in for the idempotency table: a Powertools persistence layer over a dict.
+"""An in-process stand-in for the idempotency table: a ledger persistence layer (`LedgerStore`) over a dict.
 
-It keeps DynamoDBPersistenceLayer's semantics that the ledger relies on (a conditional put that fails
-while an unexpired record exists, unless that record is an in-progress one whose in-progress expiry
-has passed; the existing record handed back with the failure), tells the ledger when a put replaced a
-record and keeps an ambiguous try's record for its hold (`DeliveryRecords`), and can simulate the round trip of
-each operation (`latency_s`) so that a benchmark sees a table that is neither free nor moto's.
+It keeps the DynamoDB layer's semantics that the ledger relies on (a conditional put that fails while an
+unexpired record exists, unless that record is an in-progress one whose in-progress expiry has passed; the
+existing record handed back with the failure; the replaced record returned by a put that succeeds; a hold
+that moves an in-progress record's expiry), and can simulate the round trip of each operation (`latency_s`)
+so that a benchmark sees a table that is neither free nor moto's.
 One `MemoryTable` is shared by every layer a ledger makes, like one DynamoDB table.
 """
 
@@ -21,11 +21,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS, DataRecord
 
-from dataset_forwarder.ledger import DeliveryRecords
-
-
-class Killed(BaseException):
-    """The execution environment dies here (not an Exception: Powertools does not clean up after it)."""
+from dataset_forwarder.ledger_store import LedgerStore, replaceable
 
 
 @dataclass
@@ -41,7 +37,7 @@ class MemoryTable:
         return MemoryPersistenceLayer(self)
 
 
-class MemoryPersistenceLayer(DeliveryRecords):
+class MemoryPersistenceLayer(LedgerStore):
     def __init__(self, table: MemoryTable) -> None:
         super().__init__()
         self.table = table
@@ -60,22 +56,22 @@ class MemoryPersistenceLayer(DeliveryRecords):
             raise IdempotencyItemNotFoundError
         return copy.copy(record)
 
-    def _put_record(self, data_record: DataRecord) -> None:
+    def _put_replacing(self, data_record: DataRecord) -> DataRecord | None:
         self._round_trip()
         now = time.time()
         with self.table.lock:
             existing = self.table.records.get(data_record.idempotency_key)
-            if existing is not None and not _replaceable(existing, now):
+            if existing is not None and not replaceable(existing, now):
                 raise IdempotencyItemAlreadyExistsError(old_data_record=copy.copy(existing))
             self.table.records[data_record.idempotency_key] = copy.copy(data_record)
-        self._replaced(existing is not None)
+        return existing
 
     def _update_record(self, data_record: DataRecord) -> None:
         self._round_trip()
         with self.table.lock:
             self.table.records[data_record.idempotency_key] = copy.copy(data_record)
 
-    def _hold(self, idempotency_key: str, until_ms: int) -> None:
+    def _hold_record(self, idempotency_key: str, until_ms: int) -> None:
         self._round_trip()
         with self.table.lock:
             record = self.table.records.get(idempotency_key)
@@ -86,15 +82,3 @@ class MemoryPersistenceLayer(DeliveryRecords):
         self._round_trip()
         with self.table.lock:
             self.table.records.pop(data_record.idempotency_key, None)
-
-
-def _replaceable(record: DataRecord, now: float) -> bool:
-    """DynamoDBPersistenceLayer's put condition, for a key that exists."""
-    if record.expiry_timestamp is not None and record.expiry_timestamp < int(now):
-        return True
-    in_progress_expiry = record.in_progress_expiry_timestamp
-    return (
-        record.status == STATUS_CONSTANTS["INPROGRESS"]
-        and in_progress_expiry is not None
-        and in_progress_expiry < int(now * 1000)
-    )

@@ -1,33 +1,20 @@
-"""The delivery half of the ledger: a try learns whether an earlier try of its (event, target) may have landed."""
+"""The delivery half of the ledger: at most once per (event, target), and a claim learns whether an earlier try
+of its pair may have landed."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
 import pytest
 
 from dataset_forwarder.ledger import Ledger
-from dataset_forwarder.outcomes import AlreadyInFlight, DeliveryFailed
+from dataset_forwarder.outcomes import AlreadyInFlight
 from dataset_forwarder_cli.local.bootstrap import LambdaContext
-from tests.fakes.idempotency import Killed, MemoryTable
+from tests.fakes.idempotency import MemoryTable
 
 
-class Recorder:
-    """An action that records the `earlier_try` it was given, then does what it is told."""
-
-    def __init__(self, outcome: BaseException | None = None) -> None:
-        self.outcome = outcome
-        self.calls: list[bool] = []
-
-    def __call__(self, earlier_try: bool) -> dict[str, Any]:
-        self.calls.append(earlier_try)
-        if self.outcome is not None:
-            raise self.outcome
-        return {"status": 200}
-
-
-def _ledger(table: MemoryTable, hold_s: float = 0.0) -> Ledger:
-    ledger = Ledger(ttl_s=3600, store=table.layer, hold_s=hold_s)
+def _ledger(table: MemoryTable) -> Ledger:
+    ledger = Ledger(ttl_s=3600, store=table.layer)
     ledger.register_lambda_context(LambdaContext(timeout_s=60))
     return ledger
 
@@ -38,80 +25,93 @@ def _expire_in_progress(table: MemoryTable) -> None:
         record.in_progress_expiry_timestamp = 0
 
 
-def _lost_answer() -> DeliveryFailed:
-    return DeliveryFailed("timeout", "no answer within 0.5s", transient=True, may_have_landed=True)
+def test_a_first_claim_is_told_of_no_earlier_try() -> None:
+    claim = _ledger(MemoryTable()).claim("event-1", "team-b")
+
+    assert (claim.done, claim.earlier_try) == (False, False)
 
 
-def test_a_first_try_is_told_of_no_earlier_try() -> None:
-    action = Recorder()
-
-    assert _ledger(MemoryTable()).deliver_once("event-1", "team-b", action) == ({"status": 200}, False)
-    assert action.calls == [False]
-
-
-def test_a_try_after_a_clean_failure_is_told_of_no_earlier_try() -> None:
+def test_a_completed_pair_is_done_with_its_result_for_every_later_claim() -> None:
     ledger = _ledger(MemoryTable())
-    refused = DeliveryFailed("server_error", "answered 503", transient=True)
-    with pytest.raises(DeliveryFailed):
-        ledger.deliver_once("event-1", "team-b", Recorder(refused))
+    ledger.complete(ledger.claim("event-1", "team-b"), {"status": 200})
 
-    again = Recorder()
-    ledger.deliver_once("event-1", "team-b", again)
+    again = ledger.claim("event-1", "team-b")
 
-    assert again.calls == [False]  # the failed try's record was deleted: nothing may have landed
-
-
-def test_a_try_after_one_whose_post_may_have_landed_is_told_once_the_hold_passed() -> None:
-    table = MemoryTable()
-    ledger = _ledger(table, hold_s=60.0)
-    with pytest.raises(DeliveryFailed):
-        ledger.deliver_once("event-1", "team-b", Recorder(_lost_answer()))
-    _expire_in_progress(table)  # the hold passed
-
-    again = Recorder()
-    ledger.deliver_once("event-1", "team-b", again)
-    other = Recorder()
-    ledger.deliver_once("event-1", "team-c", other)
-
-    assert again.calls == [True]
-    assert other.calls == [False]  # another target's pair is its own
+    assert (again.done, again.result) == (True, {"status": 200})
+    assert ledger.claim("event-1", "team-b").done  # still, however often
+    assert ledger.delivered("event-1", "team-b") is True
+    assert ledger.claim("event-1", "team-c").done is False  # another target's pair is its own
 
 
-def test_during_the_hold_another_copy_is_told_the_pair_is_in_flight() -> None:
-    ledger = _ledger(MemoryTable(), hold_s=60.0)
-    with pytest.raises(DeliveryFailed):
-        ledger.deliver_once("event-1", "team-b", Recorder(_lost_answer()))
+def test_a_claimed_pair_is_in_flight_for_other_copies_and_not_delivered() -> None:
+    ledger = _ledger(MemoryTable())
+    ledger.claim("event-1", "team-b")
 
-    blocked = Recorder()
-    with pytest.raises(AlreadyInFlight):
-        ledger.deliver_once("event-1", "team-b", blocked)
-    assert blocked.calls == []
+    with pytest.raises(AlreadyInFlight, match="event event-1 is being delivered to team-b"):
+        ledger.claim("event-1", "team-b")
+    assert ledger.delivered("event-1", "team-b") is False
 
 
-def test_a_try_after_a_killed_one_is_told_once_the_invocation_deadline_passed() -> None:
+def test_a_claim_after_a_released_one_is_told_of_no_earlier_try() -> None:
+    ledger = _ledger(MemoryTable())
+    ledger.release(ledger.claim("event-1", "team-b"))  # a clean failure: nothing reached the target
+
+    again = ledger.claim("event-1", "team-b")
+
+    assert (again.done, again.earlier_try) == (False, False)
+
+
+def test_a_claim_after_a_held_one_is_in_flight_during_the_hold_and_told_of_the_earlier_try_after_it() -> None:
     table = MemoryTable()
     ledger = _ledger(table)
-    with pytest.raises(Killed):
-        ledger.deliver_once("event-1", "team-b", Recorder(Killed()))
+    ledger.hold(ledger.claim("event-1", "team-b"), 60.0)  # its POST may have landed
+
+    with pytest.raises(AlreadyInFlight):
+        ledger.claim("event-1", "team-b")
+    _expire_in_progress(table)  # the hold passed
+    again = ledger.claim("event-1", "team-b")
+    other = ledger.claim("event-1", "team-c")
+
+    assert (again.done, again.earlier_try) == (False, True)
+    assert other.earlier_try is False  # another target's pair is its own
+
+
+def test_a_hold_outlasts_the_invocation_that_claimed() -> None:
+    table = MemoryTable()
+    ledger = _ledger(table)
+    claim = ledger.claim("event-1", "team-b")
+    _expire_in_progress(table)  # the claiming invocation ends...
+    ledger.hold(claim, 60.0)  # ...but its POST may still land
+
+    with pytest.raises(AlreadyInFlight):
+        ledger.claim("event-1", "team-b")
+
+
+def test_a_claim_after_a_killed_one_is_in_flight_until_the_invocation_deadline_then_told_of_it() -> None:
+    table = MemoryTable()
+    ledger = _ledger(table)
+    ledger.claim("event-1", "team-b")  # then the invocation is killed: never completed nor released
     with pytest.raises(AlreadyInFlight):  # the killed invocation might still be posting
-        ledger.deliver_once("event-1", "team-b", Recorder())
+        ledger.claim("event-1", "team-b")
 
     _expire_in_progress(table)
-    again = Recorder()
-    ledger.deliver_once("event-1", "team-b", again)
+    again = ledger.claim("event-1", "team-b")
 
-    assert again.calls == [True]
+    assert (again.done, again.earlier_try) == (False, True)
 
 
-def test_a_delivered_pair_is_replayed_without_running_the_action() -> None:
-    ledger = _ledger(MemoryTable())
-    ledger.deliver_once("event-1", "team-b", Recorder())
+def test_a_claim_blocks_only_until_the_invocation_deadline() -> None:
+    table = MemoryTable()
+    ledger = _ledger(table)
+    before_ms = LambdaContext(timeout_s=60).get_remaining_time_in_millis()
+    ledger.claim("event-1", "team-b")
 
-    again = Recorder()
-    assert ledger.deliver_once("event-1", "team-b", again) == ({"status": 200}, True)
-    assert again.calls == []
+    (record,) = table.records.values()
+    assert record.in_progress_expiry_timestamp is not None
+    left_ms = record.in_progress_expiry_timestamp - time.time() * 1000
+    assert before_ms - 5_000 < left_ms <= before_ms
 
 
 def test_the_ledger_needs_a_store_that_reports_replaced_records() -> None:
-    with pytest.raises(TypeError, match="must be DeliveryRecords, not object"):
+    with pytest.raises(TypeError, match="must be a LedgerStore, not object"):
         Ledger(ttl_s=3600, store=object)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from dataset_forwarder.outcomes import (
     MAX_DETAIL,
     UNKNOWN_DATASET,
     DeliveryFailed,
+    MayHaveLanded,
     failure_for_status,
     is_transient_status,
     parse_retry_after,
@@ -239,3 +240,18 @@ def test_delivery_failed_keeps_short_detail_and_fields() -> None:
         3.0,
     )
     assert str(failure) == "timeout: no answer"
+
+
+def test_may_have_landed_is_a_delivery_failure_that_carries_its_hold() -> None:
+    failure = MayHaveLanded("timeout", "y" * 5000, transient=True, retry_after_s=20.0, hold_s=20.0)
+
+    assert isinstance(failure, DeliveryFailed)
+    assert (failure.error, len(failure.detail), failure.transient, failure.retry_after_s, failure.hold_s) == (
+        "timeout",
+        MAX_DETAIL,
+        True,
+        20.0,
+        20.0,
+    )
+    assert MayHaveLanded("timeout", "no answer", transient=True).hold_s == 0.0
+    assert not isinstance(DeliveryFailed("http_503", "busy", transient=True), MayHaveLanded)

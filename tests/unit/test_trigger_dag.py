@@ -12,7 +12,7 @@ import pytest
 from dataset_forwarder.actions.trigger_dag import TriggerDag
 from dataset_forwarder.downstream import Downstreams
 from dataset_forwarder.envelope import Envelope, parse_envelope
-from dataset_forwarder.outcomes import AUTH, TIMEOUT, UNKNOWN_DAG, DeliveryFailed
+from dataset_forwarder.outcomes import AUTH, TIMEOUT, UNKNOWN_DAG, DeliveryFailed, MayHaveLanded
 from dataset_forwarder.services import Services
 from dataset_forwarder.targets import InvalidTarget, ParseRules, Target, parse_target
 from dataset_forwarder.transport import Transport
@@ -225,7 +225,7 @@ def test_a_trigger_whose_answer_was_lost_is_found_by_its_409_on_the_retry(downst
         sent = an_envelope()
         with pytest.raises(DeliveryFailed) as caught:
             downstream.deliver(sent)
-        assert (caught.value.error, caught.value.may_have_landed) == (TIMEOUT, True)
+        assert (caught.value.error, isinstance(caught.value, MayHaveLanded)) == (TIMEOUT, True)
         fake.wait_for_dag_runs(1, timeout_s=5)  # the slow POST still created the run
 
         # The forwarder's retry asks first (nothing to look up for this action), then posts and learns of the 409.

@@ -28,6 +28,7 @@ from .outcomes import (
     TIMEOUT,
     AlreadyInFlight,
     DeliveryFailed,
+    MayHaveLanded,
     retry_delay_s,
 )
 from .queue_control import QueueControl
@@ -195,46 +196,32 @@ class Forwarder:
         if self._seconds_left() < needed_s:
             why = f"not started: less than {needed_s:g}s left in this invocation"
             # on a retry, an earlier try may have landed: we did not get as far as checking
-            failure = DeliveryFailed(TIMEOUT, why, transient=True, may_have_landed=verify_first(message, envelope))
-            return self._after_failure(message, envelope, target.name, failure, context)
+            failed = MayHaveLanded if verify_first(message, envelope) else DeliveryFailed
+            return self._after_failure(message, envelope, target.name, failed(TIMEOUT, why, transient=True), context)
         started = time.monotonic()
-
-        downstream = self._downstreams.get(target)
-
-        def post(earlier_try: bool) -> dict[str, Any]:
-            unchecked = False  # an earlier try may have landed and nothing could look before this POST
-            if earlier_try or verify_first(message, envelope):
-                found = self._already_received(target, envelope)
-                if found:
-                    return {"found_downstream": True}
-                unchecked = found is None
-            try:
-                posted = downstream.deliver(envelope)
-            except DeliveryFailed as exc:
-                exc.may_have_landed = exc.may_have_landed or unchecked
-                if exc.may_have_landed:  # hold the pair, and wait as long before this record's own next try
-                    exc.hold_s = self._hold_s(target)
-                    exc.retry_after_s = max(exc.retry_after_s or 0.0, exc.hold_s)
-                raise
-            if posted.already_there:
-                return {"found_downstream": True}
-            return {"status": posted.status, "api": posted.api, "downstream_id": posted.downstream_id}
-
         try:
-            result, replayed = self._ledger.deliver_once(envelope.id, target.name, post)
+            claim = self._ledger.claim(envelope.id, target.name)
+            if claim.done:
+                return self._duplicate(target.name, envelope, "already delivered to this target", context)
+            try:
+                result = self._post(message, envelope, target, earlier_try=claim.earlier_try)
+            except MayHaveLanded as exc:  # no other copy posts until this POST, if it lands, has landed
+                self._ledger.hold(claim, exc.hold_s)
+                raise
+            except Exception:  # nothing reached the target: a later try may post
+                self._ledger.release(claim)
+                raise
+            self._ledger.complete(claim, result)
+        except AlreadyInFlight as exc:  # that copy may deliver (or have delivered) it: unconfirmed either way
+            failure: DeliveryFailed = MayHaveLanded(TIMEOUT, str(exc), transient=True)
         except DeliveryFailed as exc:
             failure = exc
-        except AlreadyInFlight as exc:  # that copy may deliver (or have delivered) it: unconfirmed either way
-            failure = DeliveryFailed(TIMEOUT, str(exc), transient=True, may_have_landed=True)
         except Exception as exc:  # the idempotency table or a bug: never post without the ledger
             log.exception("delivery bookkeeping failed", extra=context)
             failure = DeliveryFailed(CONNECTION, f"idempotency store error: {type(exc).__name__}", transient=True)
         else:
-            if replayed or result.get("found_downstream"):
-                self._stats.count(DUPLICATE, target.name, kind=envelope.kind)
-                why = "the target already has it" if not replayed else "already delivered to this target"
-                log.info(f"{why}, not posted again", extra=context)
-                return Settlement(target.name, Outcome.DUPLICATE)
+            if result.get("found_downstream"):
+                return self._duplicate(target.name, envelope, "the target already has it", context)
             latency_ms = (time.monotonic() - started) * 1000
             self._stats.count(DELIVERED, target.name, kind=envelope.kind)
             self._stats.latency(target.name, latency_ms)
@@ -251,8 +238,47 @@ class Forwarder:
             return Settlement(target.name, Outcome.DELIVERED)
         return self._after_failure(message, envelope, target.name, failure, context)
 
-    def _hold_s(self, target: Target) -> float:
-        return max(self._settings.retry_base_delay_s / 2, HOLD_TIMEOUTS * target.timeout_s)
+    def _post(
+        self, message: InboundMessage, envelope: Envelope, target: Target, *, earlier_try: bool
+    ) -> dict[str, Any]:
+        """POST the event, unless the target already has it: checked first when an earlier try may have landed.
+
+        Returns what the ledger records. Raises MayHaveLanded, with the hold the pair needs, when the target may
+        hold the event after this try.
+        """
+        unchecked = False  # an earlier try may have landed and nothing could look before this POST
+        if earlier_try or verify_first(message, envelope):
+            found = self._already_received(target, envelope)
+            if found:
+                return {"found_downstream": True}
+            unchecked = found is None
+        try:
+            posted = self._downstreams.get(target).deliver(envelope)
+        except DeliveryFailed as exc:
+            if not (unchecked or isinstance(exc, MayHaveLanded)):
+                raise
+            # hold the pair, and wait as long before this record's own next try
+            hold_s = self._post_hold_s(target)
+            retry_after_s = max(exc.retry_after_s or 0.0, hold_s)
+            raise MayHaveLanded(
+                exc.error, exc.detail, transient=exc.transient, retry_after_s=retry_after_s, hold_s=hold_s
+            ) from exc
+        if posted.already_there:
+            return {"found_downstream": True}
+        return {"status": posted.status, "api": posted.api, "downstream_id": posted.downstream_id}
+
+    def _duplicate(self, target: str, envelope: Envelope, why: str, context: dict[str, Any]) -> Settlement:
+        self._stats.count(DUPLICATE, target, kind=envelope.kind)
+        log.info(f"{why}, not posted again", extra=context)
+        return Settlement(target, Outcome.DUPLICATE)
+
+    def _min_hold_s(self) -> float:
+        """A pair whose try may have landed is held at least as long as that record's own next try waits (jitter
+        included), so no other copy of the event posts while it may still land."""
+        return self._settings.retry_base_delay_s / 2
+
+    def _post_hold_s(self, target: Target) -> float:
+        return max(self._min_hold_s(), HOLD_TIMEOUTS * target.timeout_s)
 
     def _already_received(self, target: Target, envelope: Envelope) -> bool | None:
         # The check may page; it must end in time for the POST that may follow and the bookkeeping after it.
@@ -261,8 +287,12 @@ class Forwarder:
             return self._downstreams.get(target).already_received(envelope, deadline=deadline)
         except DeliveryFailed as exc:
             # The operator must know that this pair may be delivered already; a redrive checks again first.
-            raise DeliveryFailed(
-                exc.error, exc.detail, transient=exc.transient, retry_after_s=exc.retry_after_s, may_have_landed=True
+            raise MayHaveLanded(
+                exc.error,
+                exc.detail,
+                transient=exc.transient,
+                retry_after_s=exc.retry_after_s,
+                hold_s=self._min_hold_s(),
             ) from None
 
     def _after_failure(
@@ -285,6 +315,7 @@ class Forwarder:
         if self._delivered_before(envelope.id, target, details):
             return Settlement(target, Outcome.DUPLICATE)
         detail = failure.detail
+        unconfirmed = isinstance(failure, MayHaveLanded)  # the target may hold the pair: a redrive checks first
         try:
             self._dead_letter(
                 message,
@@ -292,13 +323,13 @@ class Forwarder:
                 envelope.dead_letter_body(*(aimed_at or (target,))),
                 failure.error,
                 detail,
-                unconfirmed=failure.may_have_landed,
+                unconfirmed=unconfirmed,
                 kind=envelope.kind,
             )
         except Exception as exc:
             log.exception("cannot write the dead letter; the record will be retried", extra=details)
             return Settlement(target, Outcome.RETRY, CONNECTION, f"dead-letter queue error: {type(exc).__name__}")
-        log.error("delivery failed, dead-lettered", extra={**details, "unconfirmed": failure.may_have_landed})
+        log.error("delivery failed, dead-lettered", extra={**details, "unconfirmed": unconfirmed})
         return Settlement(target, Outcome.DEAD_LETTERED, failure.error, detail)
 
     def _delivered_before(self, event_id: str, target: str, details: dict[str, Any]) -> bool:
@@ -346,11 +377,16 @@ class Forwarder:
             attempts=message.receive_count,
             unconfirmed=unconfirmed,
         )
-        _, replayed = self._ledger.dead_letter_once(
-            message.message_id, target, lambda: {"dead_letter_id": self._dead_letters.send(letter)}
-        )
-        if not replayed:
-            self._stats.count(DEAD_LETTERED, target, kind=kind)
+        claim = self._ledger.claim_dead_letter(message.message_id, target)
+        if claim.done:  # an earlier try of this record sent it
+            return
+        try:
+            dead_letter_id = self._dead_letters.send(letter)
+        except Exception:
+            self._ledger.release(claim)
+            raise
+        self._ledger.complete(claim, {"dead_letter_id": dead_letter_id})
+        self._stats.count(DEAD_LETTERED, target, kind=kind)
 
     async def _retry(self, message: InboundMessage, pending: list[Settlement]) -> NoReturn:
         retry_after = max((s.retry_after_s or 0.0 for s in pending), default=0.0)

@@ -31,11 +31,23 @@ INVALID_TARGET = "invalid_target"
 
 
 class DeliveryFailed(Exception):
-    """A delivery did not succeed; `error` is the dead-letter error code, `detail` is secret-free.
+    """A delivery did not succeed; `error` is the dead-letter error code, `detail` is secret-free."""
 
-    `may_have_landed`: the target may hold the event although we could not see it: the POST left and its answer
-    was lost (a timeout or a reset while waiting), or an earlier ambiguous try could not be checked. A dead letter
-    for such a failure is marked unconfirmed.
+    def __init__(self, error: str, detail: str, *, transient: bool, retry_after_s: float | None = None) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.error = error
+        self.detail = detail[:MAX_DETAIL]
+        self.transient = transient
+        self.retry_after_s = retry_after_s
+
+
+class MayHaveLanded(DeliveryFailed):
+    """A failure after which the target may hold the event although we could not see it.
+
+    The POST left and its answer was lost (a timeout or a reset while waiting), or an earlier ambiguous try
+    could not be checked. A dead letter for it is marked unconfirmed. `hold_s`: how long the ledger keeps other
+    copies of the pair waiting after it, so that a POST still on its way lands before anyone checks the target
+    (0: they check at once).
     """
 
     def __init__(
@@ -45,15 +57,10 @@ class DeliveryFailed(Exception):
         *,
         transient: bool,
         retry_after_s: float | None = None,
-        may_have_landed: bool = False,
+        hold_s: float = 0.0,
     ) -> None:
-        super().__init__(f"{error}: {detail}")
-        self.error = error
-        self.detail = detail[:MAX_DETAIL]
-        self.transient = transient
-        self.retry_after_s = retry_after_s
-        self.may_have_landed = may_have_landed
-        self.hold_s: float | None = None  # set by the forwarder: how long the ledger holds the pair after it
+        super().__init__(error, detail, transient=transient, retry_after_s=retry_after_s)
+        self.hold_s = hold_s
 
 
 class AlreadyInFlight(Exception):

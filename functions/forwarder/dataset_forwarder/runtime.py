@@ -71,7 +71,7 @@ class _OnFirstUse:
 
 def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None = None) -> Forwarder:
     """Wire the forwarder; the idempotency ledger is on DynamoDB unless `ledger_store` makes another
-    Powertools persistence layer (benchmarks measure the forwarder without moto's DynamoDB)."""
+    persistence layer, a `LedgerStore` (benchmarks measure the forwarder without moto's DynamoDB)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import boto3
@@ -130,14 +130,11 @@ def build(settings: Settings | None = None, *, ledger_store: StoreFactory | None
             raise
 
     ttl_s = settings.idempotency_ttl_s
-    # A POST that may have landed holds its pair as long as its own first retry waits at least (jitter
-    # included), so no other copy of the event posts while it may still land.
-    hold_s = settings.retry_base_delay_s / 2
     if ledger_store is None:
         dynamodb = session.client("dynamodb", config=boto_config)
-        ledger = Ledger.on_dynamodb(table=settings.idempotency_table, ttl_s=ttl_s, dynamodb=dynamodb, hold_s=hold_s)
+        ledger = Ledger.on_dynamodb(table=settings.idempotency_table, ttl_s=ttl_s, dynamodb=dynamodb)
     else:
-        ledger = Ledger(ttl_s=ttl_s, store=ledger_store, hold_s=hold_s)
+        ledger = Ledger(ttl_s=ttl_s, store=ledger_store)
 
     return Forwarder(
         settings=settings,

@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from dataset_forwarder.outcomes import CONNECTION, INVALID_TARGET, TIMEOUT, DeliveryFailed, excerpt, failure_for_status
+from dataset_forwarder.outcomes import (
+    CONNECTION,
+    INVALID_TARGET,
+    TIMEOUT,
+    DeliveryFailed,
+    MayHaveLanded,
+    excerpt,
+    failure_for_status,
+)
 from dataset_forwarder.transport import ERROR_CONNECTION, ERROR_TIMEOUT, Reply, TransportError
 
 from . import AirflowMajor
@@ -153,9 +161,9 @@ class HttpsApi:
             )
         except TransportError as exc:
             what = f"{method} {path} on {self._target}"
-            landed = exc.sent and method == "POST"  # a lost answer to a GET changes nothing downstream
+            # a lost answer to a GET changes nothing downstream
+            failed = MayHaveLanded if exc.sent and method == "POST" else DeliveryFailed
             if exc.kind == ERROR_TIMEOUT:
-                detail = f"{what} got no answer within {self._timeout_s:g}s"
-                raise DeliveryFailed(TIMEOUT, detail, transient=True, may_have_landed=landed) from None
+                raise failed(TIMEOUT, f"{what} got no answer within {self._timeout_s:g}s", transient=True) from None
             error, transient = (CONNECTION, True) if exc.kind == ERROR_CONNECTION else (INVALID_TARGET, False)
-            raise DeliveryFailed(error, f"{what}: {exc.detail}", transient=transient, may_have_landed=landed) from None
+            raise failed(error, f"{what}: {exc.detail}", transient=transient) from None

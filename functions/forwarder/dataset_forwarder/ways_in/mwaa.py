@@ -24,6 +24,7 @@ from dataset_forwarder.outcomes import (
     INVALID_TARGET,
     TIMEOUT,
     DeliveryFailed,
+    MayHaveLanded,
     excerpt,
     failure_for_status,
 )
@@ -274,23 +275,22 @@ class MwaaApi:
             if landed and reply.status_code == GATEWAY_TIMEOUT:
                 # InvokeRestApi stopped waiting; Airflow was not stopped and may still apply the POST.
                 failure = self.failure(reply, f"{method} {path}")
-                raise DeliveryFailed(
+                raise MayHaveLanded(
                     failure.error,
                     f"{failure.detail} (InvokeRestApi stopped waiting: the call may still have been applied)",
                     transient=True,
-                    may_have_landed=True,
                 ) from None
             return reply
         except ReadTimeoutError:
             detail = f"{what} got no answer within {self._timeout_s:g}s"
-            raise DeliveryFailed(TIMEOUT, detail, transient=True, may_have_landed=landed) from None
+            raise (MayHaveLanded if landed else DeliveryFailed)(TIMEOUT, detail, transient=True) from None
         except (ConnectTimeoutError, EndpointConnectionError) as exc:
             raise DeliveryFailed(CONNECTION, f"{what}: {type(exc).__name__}", transient=True) from None
         except NoCredentialsError:
             raise DeliveryFailed(AUTH, f"{what}: the function has no AWS credentials", transient=False) from None
         except BotoCoreError as exc:
-            raise DeliveryFailed(
-                CONNECTION, f"{what}: {type(exc).__name__}", transient=True, may_have_landed=landed
+            raise (MayHaveLanded if landed else DeliveryFailed)(
+                CONNECTION, f"{what}: {type(exc).__name__}", transient=True
             ) from None
         return _reply(int(answer.get("RestApiStatusCode", 200)), answer.get("RestApiResponse"))
 
@@ -318,8 +318,8 @@ class MwaaApi:
             )
         if http >= 500 or code == "InternalServerException":
             # The webserver may have run the call before the AWS side failed: unconfirmed for a POST.
-            raise DeliveryFailed(
-                f"http_{http or 500}", f"{what}: MWAA {code} ({where})", transient=True, may_have_landed=landed
+            raise (MayHaveLanded if landed else DeliveryFailed)(
+                f"http_{http or 500}", f"{what}: MWAA {code} ({where})", transient=True
             )
         raise DeliveryFailed(INVALID_TARGET, f"{what}: {code} {message}".strip(), transient=False)
 
