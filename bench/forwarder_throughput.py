@@ -83,8 +83,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 def serve_downstream(count: int, delay_ms: float) -> None:
     """Worker: `count` fake Airflow 3 APIs whose POSTs answer after `delay_ms`; control lines on stdin."""
-    import_paths()
-    from tests.fakes.airflow_api import FakeAirflow, Fault
+    from devkit.airflow_api import FakeAirflow, Fault
 
     post_delay = Fault(delay_s=delay_ms / 1000, method="POST")
 
@@ -212,7 +211,7 @@ class NaiveLoop:
         self._asset_id = asset_id
 
     def batch(self) -> float:
-        from tests.fakes.envelopes import envelope
+        from devkit.envelopes import envelope
 
         events = [envelope(URI) for _ in range(RECORDS_PER_BATCH)]
         started = time.perf_counter()
@@ -269,7 +268,7 @@ class Parts:
         from dataset_forwarder.envelope import parse_envelope
         from dataset_forwarder.ledger import Ledger
         from dataset_forwarder_cli.local.bootstrap import LambdaContext
-        from tests.fakes.envelopes import envelope
+        from devkit.envelopes import envelope
         from tests.fakes.idempotency import MemoryTable
 
         self._loop = asyncio.new_event_loop()
@@ -332,8 +331,8 @@ class Lab:
     def __init__(self, stack: contextlib.ExitStack, args: argparse.Namespace, most_targets: int) -> None:
         import_paths()
         self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adf-throughput-")))
-        self.moto = MotoServer(self.work / "moto.log")
-        stack.callback(self.moto.close)
+        self.moto = MotoServer(log_path=self.work / "moto.log").start()
+        stack.callback(self.moto.stop)
         os.environ.update(aws_environment(self.moto.endpoint))
         os.environ.update(
             POWERTOOLS_SERVICE_NAME="dataset-forwarder",
@@ -348,7 +347,7 @@ class Lab:
 
         import boto3
 
-        from tests.fakes.aws import ForwarderStack
+        from devkit.aws import ForwarderStack
 
         self.stack = ForwarderStack.create(boto3.session.Session())
         arn = self.stack.sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=["QueueArn"])

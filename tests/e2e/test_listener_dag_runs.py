@@ -18,8 +18,8 @@ from urllib.parse import quote
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.airflow_env import AirflowDeployment
-from tests.e2e.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
+from devkit.airflow_env import AirflowDeployment
+from devkit.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
 from tests.e2e.test_listener import migrated_deployment, target
 
 pytestmark = pytest.mark.e2e

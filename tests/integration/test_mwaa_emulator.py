@@ -26,7 +26,7 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
-from tests.fakes.airflow_api import FakeAirflow, Fault
+from devkit.airflow_api import FakeAirflow, Fault
 from tests.integration.conftest import wait_for
 
 BEARS = "s3://lake/bears"

@@ -25,8 +25,8 @@ from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Reply, Transport
 from dataset_forwarder.ways_in.auth import Auth
 from dataset_forwarder.ways_in.https import HttpsWayIn
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.downstream import AirflowClient
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.downstream import AirflowClient
 
 BEARS = "s3://bucket/bears"
 EXTRA: dict[str, Any] = {"rows": 42, "dataset_forwarder": {"id": "e1", "source": {}, "trail": ["team-a-prod"]}}

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.fakes.airflow_api import FakeAirflow, Fault
+from devkit.airflow_api import FakeAirflow, Fault
 
 BEARS = "s3://b/bears"
 BEARS_2 = "s3://b/bears-2"

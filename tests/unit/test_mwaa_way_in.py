@@ -29,9 +29,9 @@ from dataset_forwarder.targets import InvalidTarget, ParseRules, Target, parse_t
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.mwaa import CREDENTIALS_MARGIN_S, MAX_PATH, MwaaClients
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.envelopes import envelope
-from tests.integration.conftest import moto_server
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.envelopes import envelope
+from devkit.moto_env import moto_server
 
 BEARS = "s3://bucket/bears"
 LONG_URI = "s3://lake/curated/orders/region=eu-west-1/daily.parquet"  # quoted, /datasets/{uri} passes 64 characters

@@ -12,8 +12,8 @@ from dataset_forwarder.envelope import parse_envelope
 from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.https import HttpsWayIn
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.downstream import AirflowClient
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.downstream import AirflowClient
 
 ORDERS = "s3://lake/orders"
 
