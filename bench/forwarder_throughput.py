@@ -5,7 +5,7 @@
 
 Runs in the dev venv (moto, and the layer's packages: Powertools, requests). The real handler
 (`app.lambda_handler` from functions/forwarder) gets SQS batches of 10 records, each record an event that
-every one of 1, 5 or 20 targets subscribes to. Each target is a fake Airflow 3 REST API (tests/fakes'
+every one of 1, 5 or 20 targets subscribes to. Each target is a fake Airflow 3 REST API (devkit's
 `FakeAirflow`, JWT auth, version probe and asset lookup) on 127.0.0.1 that answers every POST 50 ms
 after it arrived; all of them run in one process of their own, so they never take the handler's GIL.
 Targets and their passwords are in SSM on moto server (another process). The idempotency ledger is an

@@ -1,7 +1,7 @@
 """Hostile downstreams as real servers on 127.0.0.1 (issue 14): no secret in any output, no stall, letters SQS takes.
 
 Every dead letter read here goes through `ForwarderStack.dead_letters`, which fails when real SQS would refuse
-the letter's body or any attribute (tests/fakes/aws.py).
+the letter's body or any attribute (devkit/aws.py).
 """
 
 from __future__ import annotations

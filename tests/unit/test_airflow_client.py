@@ -1,4 +1,4 @@
-"""The HTTPS way in with the asset_event action, against the fake Airflow 2/3 REST APIs of tests/fakes
+"""The HTTPS way in with the asset_event action, against the fake Airflow 2/3 REST APIs of devkit
 (real HTTP on 127.0.0.1, no AWS), through the `Downstream` seam the forwarder uses."""
 
 from __future__ import annotations

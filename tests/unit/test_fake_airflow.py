@@ -1,4 +1,4 @@
-"""Self-test of tests/fakes/airflow_api.py: the fake Airflow must behave as the real API does."""
+"""Self-test of devkit/airflow_api.py: the fake Airflow must behave as the real API does."""
 
 from __future__ import annotations
 
