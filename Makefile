@@ -17,10 +17,13 @@ SOURCE_DATE_EPOCH ?= 315532800
 
 include mk/sam.mk
 
-# The venv is shared by every checkout of this machine (CI clones too): point its editable install at this one.
+# The venv is shared by every checkout of this machine (CI clones too): point its editable installs (the project and
+# its development kit, devkit/) at this one.
+EDITABLE := -e . -e ./devkit
 venv: $(VENV)/.installed
-	@(cd / && $(PY) -c "import sys, dataset_forwarder_cli as m; sys.exit(not m.__file__.startswith('$(CURDIR)/'))") \
-		2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@(cd / && $(PY) -c "import sys, dataset_forwarder_cli as m, devkit as d; \
+		sys.exit(not all(x.__file__.startswith('$(CURDIR)/') for x in (m, d)))") \
+		2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(EDITABLE)
 
 # No file prerequisites: the path carries the hash of their content, and a fresh clone must not rebuild it.
 $(VENV)/.installed:
@@ -28,7 +31,7 @@ $(VENV)/.installed:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(EDITABLE)
 	touch $@
 
 test: lint unit listener-test integration template-test bench-smoke e2e ## everything CI runs

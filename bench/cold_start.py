@@ -49,7 +49,6 @@ from harness import (
     RESULTS_DIR,
     MotoServer,
     aws_environment,
-    import_paths,
     load_average,
     machine,
     run_and_record,
@@ -104,15 +103,14 @@ class Lab:
     """moto server with the forwarder's resources and one target: a fake Airflow 2 in this process."""
 
     def __init__(self, stack: contextlib.ExitStack) -> None:
-        import_paths()
         import boto3
 
-        from tests.fakes.airflow_api import FakeAirflow
-        from tests.fakes.aws import ForwarderStack
+        from devkit.airflow_api import FakeAirflow
+        from devkit.aws import ForwarderStack
 
         self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adf-cold-start-")))
-        moto = MotoServer(self.work / "moto.log")
-        stack.callback(moto.close)
+        moto = MotoServer(log_path=self.work / "moto.log").start()
+        stack.callback(moto.stop)
         aws = aws_environment(moto.endpoint)
         session = boto3.session.Session(
             aws_access_key_id=aws["AWS_ACCESS_KEY_ID"], aws_secret_access_key=aws["AWS_SECRET_ACCESS_KEY"]
@@ -261,9 +259,8 @@ def handler_results(timings: dict[str, dict[str, list[float]]], imports: dict[st
 
 
 def layer_size(build_dir: Path) -> dict[str, Any]:
-    """Size of the built dependencies layer (tests/template/layer_report), or why there is none."""
-    import_paths()
-    from tests.template import layer_report
+    """Size of the built dependencies layer (devkit/layer_report.py), or why there is none."""
+    from devkit import layer_report
 
     site = build_dir / LAYER / "python"
     if not site.is_dir():

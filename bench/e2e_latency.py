@@ -74,18 +74,16 @@ from typing import Any
 import boto3
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "cli")]  # this worktree's tests/e2e tooling and CLI
 
 from harness import REGION, aws_environment  # noqa: E402 - bench/ is this script's directory
 
-from dataset_forwarder_cli.local.poller import LAMBDA_LONG_POLL_S  # noqa: E402 - after the path is set
-from tests.e2e.airflow_env import AirflowDeployment, AirflowError, ensure_airflow_venv, poll  # noqa: E402
-from tests.e2e.local_forwarding import (  # noqa: E402
+from dataset_forwarder_cli.local.poller import LAMBDA_LONG_POLL_S  # noqa: E402
+from devkit.airflow_env import AirflowDeployment, AirflowError, ensure_airflow_venv, poll  # noqa: E402
+from devkit.local_forwarding import (  # noqa: E402
     EventTrace,
     ForwardedRun,
     LocalStackProcess,
     consumer_dag,
-    listener_extras,
     mwaa_spec,
     parse_time,
     produced_events,
@@ -94,6 +92,7 @@ from tests.e2e.local_forwarding import (  # noqa: E402
     trigger_run_id,
     triggered_dag,
 )
+from devkit.paths import listener_extras  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "e2e_latency_runs.json"
 AIRFLOW_VERSION = "3.3.2"

@@ -5,7 +5,7 @@
 
 Runs in the dev venv (moto, and the layer's packages: Powertools, requests). The real handler
 (`app.lambda_handler` from functions/forwarder) gets SQS batches of 10 records, each record an event that
-every one of 1, 5 or 20 targets subscribes to. Each target is a fake Airflow 3 REST API (tests/fakes'
+every one of 1, 5 or 20 targets subscribes to. Each target is a fake Airflow 3 REST API (devkit's
 `FakeAirflow`, JWT auth, version probe and asset lookup) on 127.0.0.1 that answers every POST 50 ms
 after it arrived; all of them run in one process of their own, so they never take the handler's GIL.
 Targets and their passwords are in SSM on moto server (another process). The idempotency ledger is an
@@ -83,8 +83,7 @@ SIZES: dict[str, dict[str, Any]] = {
 
 def serve_downstream(count: int, delay_ms: float) -> None:
     """Worker: `count` fake Airflow 3 APIs whose POSTs answer after `delay_ms`; control lines on stdin."""
-    import_paths()
-    from tests.fakes.airflow_api import FakeAirflow, Fault
+    from devkit.airflow_api import FakeAirflow, Fault
 
     post_delay = Fault(delay_s=delay_ms / 1000, method="POST")
 
@@ -212,7 +211,7 @@ class NaiveLoop:
         self._asset_id = asset_id
 
     def batch(self) -> float:
-        from tests.fakes.envelopes import envelope
+        from devkit.envelopes import envelope
 
         events = [envelope(URI) for _ in range(RECORDS_PER_BATCH)]
         started = time.perf_counter()
@@ -269,8 +268,8 @@ class Parts:
         from dataset_forwarder.envelope import parse_envelope
         from dataset_forwarder.ledger import Ledger
         from dataset_forwarder_cli.local.bootstrap import LambdaContext
-        from tests.fakes.envelopes import envelope
-        from tests.fakes.idempotency import MemoryTable
+        from devkit.envelopes import envelope
+        from devkit.idempotency import MemoryTable
 
         self._loop = asyncio.new_event_loop()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parts")
@@ -332,8 +331,8 @@ class Lab:
     def __init__(self, stack: contextlib.ExitStack, args: argparse.Namespace, most_targets: int) -> None:
         import_paths()
         self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adf-throughput-")))
-        self.moto = MotoServer(self.work / "moto.log")
-        stack.callback(self.moto.close)
+        self.moto = MotoServer(log_path=self.work / "moto.log").start()
+        stack.callback(self.moto.stop)
         os.environ.update(aws_environment(self.moto.endpoint))
         os.environ.update(
             POWERTOOLS_SERVICE_NAME="dataset-forwarder",
@@ -348,7 +347,7 @@ class Lab:
 
         import boto3
 
-        from tests.fakes.aws import ForwarderStack
+        from devkit.aws import ForwarderStack
 
         self.stack = ForwarderStack.create(boto3.session.Session())
         arn = self.stack.sqs.get_queue_attributes(QueueUrl=self.stack.queue_url, AttributeNames=["QueueArn"])
@@ -405,7 +404,7 @@ def measure(
     baseline_batches: int = 0,
 ) -> dict[str, Any]:
     """First batch, warm-up, then `batches` warm batches of ours interleaved with the baseline's."""
-    from tests.fakes.idempotency import MemoryTable
+    from devkit.idempotency import MemoryTable
 
     table = MemoryTable(latency_s=ledger_latency_ms / 1000) if ledger == "memory" else None
     handler = lab.handler(lab.targets_path(targets), table.layer if table else None, max_workers)

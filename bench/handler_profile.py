@@ -71,8 +71,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     runs = args.runs or (5 if args.quick else 100)
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adf-handler-profile-")))
-        moto = MotoServer(work / "moto.log")
-        stack.callback(moto.close)
+        moto = MotoServer(log_path=work / "moto.log").start()
+        stack.callback(moto.stop)
         os.environ.update(aws_environment(moto.endpoint))
         os.environ.update(
             POWERTOOLS_SERVICE_NAME="dataset-forwarder",
@@ -87,8 +87,8 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         from dataset_forwarder import runtime
         from dataset_forwarder.settings import Settings
         from dataset_forwarder_cli.local.bootstrap import LambdaContext
-        from tests.fakes.airflow_api import FakeAirflow
-        from tests.fakes.aws import ForwarderStack
+        from devkit.airflow_api import FakeAirflow
+        from devkit.aws import ForwarderStack
 
         fake = stack.enter_context(FakeAirflow("3", datasets=[URI]))
         resources = ForwarderStack.create(boto3.session.Session())

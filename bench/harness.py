@@ -1,4 +1,7 @@
-"""What the forwarder's benchmarks share: moto server in a process of its own, statistics, machine facts."""
+"""What the forwarder's benchmarks share: the handler on the path, statistics, machine facts, recording.
+
+moto server, ports and the fake AWS environment are devkit's (`devkit.moto_env`), as the tests use them.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +9,36 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-FUNCTION_DIR = REPO_ROOT / "functions" / "forwarder"
+from devkit.envelopes import envelope
+from devkit.moto_env import DEFAULT_REGION as REGION
+from devkit.moto_env import MotoServer
+from devkit.moto_env import fake_aws_env as aws_environment
+from devkit.paths import FUNCTION_DIR, REPO_ROOT
+
+__all__ = ["FUNCTION_DIR", "REGION", "REPO_ROOT", "MotoServer", "aws_environment"]  # what the benchmarks import
+
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-REGION = "us-east-1"
 
 
 def import_paths() -> None:
-    """The handler's directory (as Lambda's /var/task), the CLI and the repository root (tests.fakes)."""
-    for path in (str(FUNCTION_DIR), str(REPO_ROOT / "cli"), str(REPO_ROOT)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    """The handler's directory on the path, as Lambda's /var/task is, so that `import app` finds the handler module
+    the function runs (it is no package, and the CLI's wheel does not carry it)."""
+    if str(FUNCTION_DIR) not in sys.path:
+        sys.path.insert(0, str(FUNCTION_DIR))
 
 
 def sqs_event(queue_arn: str, records: int = 1, *, uri: str) -> dict[str, Any]:
     """An SQS event as Lambda's event source hands it to the function: `records` envelopes for `uri`, fresh ids."""
-    import_paths()
-    from tests.fakes.envelopes import envelope  # noqa: PLC0415 - importable once the paths are set
-
     now_ms = str(int(time.time() * 1000))
     return {
         "Records": [
@@ -73,12 +76,6 @@ def summary(seconds: list[float]) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -100,60 +97,6 @@ def machine(load_at_start: list[float]) -> dict[str, Any]:
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
     }
-
-
-def aws_environment(endpoint: str) -> dict[str, str]:
-    """Fake credentials and every AWS client pointed at moto server."""
-    return {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_REGION": REGION,
-    }
-
-
-class MotoServer:
-    """moto server in a process of its own (as tests/integration runs it), ready once werkzeug says it runs."""
-
-    def __init__(self, log_path: Path) -> None:
-        self.port = free_port()
-        self._process = subprocess.Popen(  # noqa: S603 - moto from this interpreter's venv
-            [sys.executable, "-m", "dataset_forwarder_cli.local.moto_fixes", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._ready = threading.Event()
-        self._log = log_path.open("w")
-        self._drainer = threading.Thread(target=self._drain, name="moto-log", daemon=True)
-        self._drainer.start()
-        if not self._ready.wait(timeout=60):
-            self.close()
-            raise SystemExit(f"moto server did not start; see {log_path}")
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _drain(self) -> None:
-        """Keep reading its log (a full pipe would stall it); the werkzeug banner means it listens."""
-        stream = self._process.stderr
-        assert stream is not None
-        for line in stream:
-            self._log.write(line)
-            if "Running on" in line:
-                self._ready.set()
-
-    def close(self) -> None:
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._drainer.join(timeout=10)  # the pipe is at its end: the last lines are written, then it stops
-        self._log.close()
 
 
 def run_and_record(

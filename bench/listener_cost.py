@@ -60,8 +60,6 @@ AIRFLOW2 = "2.11.2"
 REGION = "us-east-1"
 BEARS = "s3://bucket/bears"
 NAIVE_HANG_CAP_S = 5.0
-_AWS_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": REGION}
-_BOTO_CREDS = {"aws_access_key_id": "bench", "aws_secret_access_key": "bench"}  # moto accepts anything
 
 # Iterations per scenario (full, quick).
 SIZES = {
@@ -457,12 +455,6 @@ class _SlowDownstream(BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -492,15 +484,14 @@ def _hanging() -> Iterator[str]:
 
 
 def _venvs(versions: tuple[str, ...] = (AIRFLOW3, AIRFLOW2)) -> dict[str, Path]:
-    sys.path.insert(0, str(REPO_ROOT))
-    from tests.e2e.airflow_env import ensure_airflow_venv
-    from tests.e2e.conftest import listener_extras
+    from devkit.airflow_env import ensure_airflow_venv
+    from devkit.paths import listener_extras
 
     return {version: ensure_airflow_venv(version, listener_extras()) for version in versions}
 
 
 def _hold_venv(venv: Path) -> Any:
-    """A shared lock on a cached venv given by path, as tests/e2e/airflow_env holds one: pruning leaves it alone."""
+    """A shared lock on a cached venv given by path, as devkit/airflow_env.py holds one: pruning leaves it alone."""
     import fcntl
 
     locks = venv.parent / ".locks"
@@ -530,20 +521,16 @@ class _Lab:
     """moto's SQS (behind the ~10 ms proxy), a slow downstream, dead endpoints, and a scratch directory."""
 
     def __init__(self, stack: contextlib.ExitStack, sqs_delay_s: float) -> None:
-        import boto3
-        from moto.server import ThreadedMotoServer
         from werkzeug import serving
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto server logs every request otherwise
+        from devkit.moto_env import MotoServer, aws_session
+
         # moto's werkzeug server writes headers and body separately: without this, Nagle + delayed ACK add up to 40 ms.
         serving.WSGIRequestHandler.disable_nagle_algorithm = True
-        moto_port = _free_port()
-        moto = ThreadedMotoServer(ip_address="127.0.0.1", port=moto_port, verbose=False)
-        moto.start()
-        stack.callback(moto.stop)
-        _DelayProxy.upstream = ("127.0.0.1", moto_port)
+        moto = stack.enter_context(MotoServer())  # in this process; it logs no request
+        _DelayProxy.upstream = (moto.host, moto.port)
         _DelayProxy.delay_s = sqs_delay_s
-        self.sqs = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{moto_port}", region_name=REGION, **_BOTO_CREDS)
+        self.sqs = aws_session(REGION).client("sqs", endpoint_url=moto.endpoint)
         self.work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="adf-bench-")))
         self.endpoints = {
             "ok": stack.enter_context(_serve(_DelayProxy)),
@@ -554,13 +541,14 @@ class _Lab:
 
     def env(self, version: str, label: str, endpoint: str, **more: str) -> dict[str, str]:
         """A worker's environment: its own queue and spool, Airflow on SQLite in a scratch home."""
+        from devkit.moto_env import fake_aws_env
+
         queue = self.sqs.create_queue(QueueName=f"bench-{version.replace('.', '-')}-{label}")["QueueUrl"]
         home = self.work / f"airflow-{version}"
         home.mkdir(exist_ok=True)
         return {
             **_clean_env(),
-            **_AWS_ENV,
-            "AWS_ENDPOINT_URL": endpoint,
+            **fake_aws_env(endpoint),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

@@ -25,7 +25,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,7 +38,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "scale.json"
 BACKLOG = 500
 DATASETS = [f"s3://scale/ds-{i:02d}" for i in range(20)]
@@ -153,10 +151,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import boto3
 
     from dataset_forwarder_cli.local.poller import EventSourceConfig, FunctionConfig, Poller, ProcessInvoker
-    from tests.fakes.airflow_api import FakeAirflow
-    from tests.fakes.aws import DEFAULT_REGION, ForwarderStack
-    from tests.fakes.envelopes import envelope
-    from tests.integration.conftest import moto_server
+    from devkit.airflow_api import FakeAirflow
+    from devkit.aws import ForwarderStack
+    from devkit.envelopes import envelope
+    from devkit.moto_env import fake_aws_env, moto_server
 
     info = machine()
     logs = Path(tempfile.mkdtemp(prefix="adf-scale-"))
@@ -165,14 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dynamodb_endpoint = stack.enter_context(moto_server(logs / "moto-dynamodb.log"))
         ssm_proxy = stack.enter_context(counting_proxy(sqs_endpoint))
         aws = {
-            "AWS_ENDPOINT_URL": sqs_endpoint,
+            **fake_aws_env(sqs_endpoint),
             "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
             "AWS_ENDPOINT_URL_SSM": ssm_proxy.url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": DEFAULT_REGION,
-            "AWS_REGION": DEFAULT_REGION,
         }
         os.environ.update(aws)
         resources = ForwarderStack.create(boto3.session.Session(), visibility_timeout_s=60)

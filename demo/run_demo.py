@@ -31,22 +31,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.e2e.airflow_env import (  # noqa: E402 - after the path is set
+from devkit.airflow_env import (
     AirflowDeployment,
     cache_dir,
     ensure_airflow_venv,
     venv_key,
 )
-from tests.e2e.local_forwarding import (  # noqa: E402
+from devkit.local_forwarding import (
     EventTrace,
     ForwardedRun,
     LocalStackProcess,
     consumer_dag,
     from_producer_run,
-    listener_extras,
     parse_time,
     producer_dag,
     task_end,
@@ -55,6 +51,7 @@ from tests.e2e.local_forwarding import (  # noqa: E402
     wait_for_forwarded_run,
     wait_until,
 )
+from devkit.paths import listener_extras
 
 AIRFLOW_VERSION = os.environ.get("DEMO_AIRFLOW_VERSION", "3.3.2")
 UPSTREAM, DOWNSTREAM = "team-a", "team-b"

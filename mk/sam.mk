@@ -66,7 +66,7 @@ sam-build: sam-venv runtime-python
 	rm -rf $(SAM_BUILD_DIR)/build
 	$(OFFLINE_AWS) $(WITH_RUNTIME_PYTHON) $(SAM_VENV)/bin/sam build --template-file template.yaml \
 		--build-dir $(SAM_BUILD_DIR)/build --cache-dir $(SAM_BUILD_DIR)/cache
-	$(SAM_VENV)/bin/python -m tests.template.layer_report $(SAM_BUILD_DIR)/build
+	$(SAM_VENV)/bin/python -m devkit.layer_report $(SAM_BUILD_DIR)/build
 
 template-test: venv sam-venv runtime-python
 	SAM_VENV=$(SAM_VENV) CHECKOV_VENV=$(CHECKOV_VENV) $(WITH_RUNTIME_PYTHON) \
@@ -78,7 +78,7 @@ dist-sam: sam-venv runtime-python
 	rm -rf $(SAM_BUILD_DIR)/dist-build
 	$(OFFLINE_AWS) $(WITH_RUNTIME_PYTHON) $(SAM_VENV)/bin/sam build --template-file template.yaml \
 		--build-dir $(SAM_BUILD_DIR)/dist-build --cache-dir $(SAM_BUILD_DIR)/cache
-	$(SAM_VENV)/bin/python -m tests.template.layer_report $(SAM_BUILD_DIR)/dist-build
+	$(SAM_VENV)/bin/python -m devkit.layer_report $(SAM_BUILD_DIR)/dist-build
 	$(SAM_VENV)/bin/python mk/sam_dist.py $(SAM_BUILD_DIR)/dist-build $(SAM_DIST)
 
 clean-sam-venvs:

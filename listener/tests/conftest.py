@@ -1,15 +1,14 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from devkit.moto_env import MotoServer
 from jsonschema import Draft202012Validator, FormatChecker
-from moto.server import ThreadedMotoServer
 
 from dataset_forwarder_listener.envelope import UpstreamEvent, build
 from dataset_forwarder_listener.sender import Sender, SqsTransport
@@ -20,20 +19,12 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "events" / "envelope.schema.
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/dataset-forwarder"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """moto server on 127.0.0.1, shared by the tests that talk SQS over real HTTP."""
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    """moto server on 127.0.0.1 (devkit's, as the project's other tiers run it), shared by the tests that talk SQS
+    over real HTTP."""
+    with MotoServer() as server:
+        yield server.endpoint
 
 
 def receive_all(sqs: Any, url: str) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import boto3
 import pytest
+from devkit.moto_env import use_moto
 
 from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
 from tests.conftest import receive_all
@@ -42,12 +43,7 @@ def proxy(moto_endpoint: str) -> Iterator[SqsProxy]:
 @pytest.fixture
 def queue(monkeypatch: pytest.MonkeyPatch, moto_endpoint: str, proxy: SqsProxy, request: Any) -> Iterator[str]:
     """A fresh queue; the listener's boto3 reaches it through the proxy."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    use_moto(monkeypatch, proxy.url)
     direct = boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", request.node.name)[-60:]  # SQS: letters, digits, - and _; 80 at most
     url = direct.create_queue(QueueName=f"batching-{name}")["QueueUrl"]

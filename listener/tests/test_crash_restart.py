@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import boto3
 import pytest
+from devkit.moto_env import aws_session, fake_aws_env
 
 from dataset_forwarder_listener.spool import INFLIGHT, SUFFIX
 from tests.conftest import receive_all
@@ -74,13 +74,7 @@ StartUpstream = Callable[..., Upstream]
 @pytest.fixture
 def sqs(moto_endpoint: str, request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
     """A client straight to moto (never through the proxy) and a fresh standard queue."""
-    client = boto3.client(
-        "sqs",
-        region_name=REGION,
-        endpoint_url=moto_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    client = aws_session(REGION).client("sqs", endpoint_url=moto_endpoint)
     url = client.create_queue(QueueName=f"crash-{request.node.name[:60]}".replace("[", "-").replace("]", ""))[
         "QueueUrl"
     ]
@@ -101,13 +95,10 @@ def start_upstream(tmp_path: Path, sqs: tuple[Any, str], spool_dir: Path) -> Ite
     def start(airflow: str, first: int, count: int, *, endpoint: str, send_timeout_s: float) -> Upstream:
         name = f"upstream-{len(started)}"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DATASET_FORWARDER_"))}
+        env.update(fake_aws_env(endpoint, REGION))
         env.update(
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
             AWS_CONFIG_FILE=os.devnull,
             AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-            AWS_DEFAULT_REGION=REGION,
-            AWS_ENDPOINT_URL=endpoint,
             DATASET_FORWARDER_QUEUE_URL=sqs[1],
             DATASET_FORWARDER_DEPLOYMENT="team-a-prod",
             DATASET_FORWARDER_SPOOL_DIR=str(spool_dir),

@@ -8,10 +8,11 @@ import time
 
 import boto3
 import pytest
+from devkit.moto_env import free_port, use_moto
 
 from dataset_forwarder_listener.sender import BackgroundSender, Sender, SqsTransport
 from dataset_forwarder_listener.spool import Spool
-from tests.conftest import free_port, receive_all
+from tests.conftest import receive_all
 
 pytestmark = pytest.mark.integration
 
@@ -20,12 +21,7 @@ REGION = "us-east-1"
 
 @pytest.fixture
 def aws(monkeypatch, moto_endpoint):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    use_moto(monkeypatch, moto_endpoint)
     return monkeypatch
 
 

@@ -9,21 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
-from tests.e2e.listener_support import MotoSqs
+from devkit.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
+from devkit.listener_support import MotoSqs
+from devkit.paths import listener_extras
 
 AIRFLOW3_VERSION = "3.3.2"
 AIRFLOW2_VERSION = "2.11.2"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LISTENER_DIR = REPO_ROOT / "listener"
 E2E_DIR = Path(__file__).resolve().parent
 E2E_TIMEOUT_S = 900
-
-
-def listener_extras() -> tuple[str, ...]:
-    """The listener (non-editable, so the venv is keyed by its content) once it is an installable project."""
-    installable = (LISTENER_DIR / "pyproject.toml").is_file() or (LISTENER_DIR / "setup.py").is_file()
-    return (str(LISTENER_DIR),) if installable else ()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

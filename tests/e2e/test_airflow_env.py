@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.airflow_env import DeploymentFactory, venv_key
+from devkit.airflow_env import DeploymentFactory, venv_key
 
 BEARS = "s3://bucket/bears"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT
+from devkit.paths import REPO_ROOT
 
 BENCH = REPO_ROOT / "bench" / "e2e_latency.py"
 RUN_TIMEOUT_S = 600  # a cached smoke run takes 2-5 min (idle to busy machine); past this, stop it and fail

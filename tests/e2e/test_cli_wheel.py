@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO_ROOT
+from devkit.paths import REPO_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -54,6 +54,7 @@ def test_wheel_holds_every_module_of_the_core_and_the_cli(cli_wheel: Path) -> No
         if "__pycache__" not in path.parts
     }
     assert sources - names == set()
+    assert [name for name in names if name.startswith("devkit/")] == []  # the development kit is never shipped
     assert "dataset-forwarder = dataset_forwarder_cli.main:cli" in entry_points
 
 

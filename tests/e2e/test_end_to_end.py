@@ -32,9 +32,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.airflow_env import AirflowDeployment, User
-from tests.e2e.conftest import AIRFLOW2_VERSION, AIRFLOW3_VERSION
-from tests.e2e.local_forwarding import (
+from devkit.airflow_env import AirflowDeployment, User
+from devkit.local_forwarding import (
     ForwardedRun,
     LocalStackProcess,
     asset_events,
@@ -47,6 +46,7 @@ from tests.e2e.local_forwarding import (
     wait_for_forwarded_run,
     wait_until,
 )
+from tests.e2e.conftest import AIRFLOW2_VERSION, AIRFLOW3_VERSION
 
 RESULTS = Path(
     os.environ.get("E2E_LATENCY_OUT") or Path(tempfile.gettempdir()) / "airflow-dataset-forwarder" / "e2e_latency.json"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.airflow_env import AirflowDeployment, poll
-from tests.e2e.listener_support import (
+from devkit.airflow_env import AirflowDeployment, poll
+from devkit.listener_support import (
     DagsTest,
     Message,
     MotoSqs,

@@ -24,9 +24,9 @@ from urllib.parse import quote
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.airflow_env import AirflowDeployment, ensure_airflow_venv, poll
-from tests.e2e.conftest import listener_extras
-from tests.e2e.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
+from devkit.airflow_env import AirflowDeployment, ensure_airflow_venv, poll
+from devkit.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
+from devkit.paths import listener_extras
 from tests.e2e.test_listener import migrated_deployment, target
 
 pytestmark = pytest.mark.e2e

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.airflow_env import ensure_airflow_venv
-from tests.e2e.conftest import listener_extras
-from tests.e2e.listener_support import MotoSqs, dags_test, envelope_validator, spool_leftovers
+from devkit.airflow_env import ensure_airflow_venv
+from devkit.listener_support import MotoSqs, dags_test, envelope_validator, spool_leftovers
+from devkit.paths import listener_extras
 from tests.e2e.test_listener import (
     AIRFLOW2_PRODUCER,
     AIRFLOW3_PRODUCER,

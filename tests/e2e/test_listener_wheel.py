@@ -23,9 +23,10 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.airflow_env import AirflowDeployment, cache_dir, ensure_airflow_venv
-from tests.e2e.conftest import AIRFLOW3_VERSION, REPO_ROOT
-from tests.e2e.listener_support import MotoSqs, apply_env, dags_test, envelope_validator, listener_env
+from devkit.airflow_env import AirflowDeployment, cache_dir, ensure_airflow_venv
+from devkit.listener_support import MotoSqs, apply_env, dags_test, envelope_validator, listener_env
+from devkit.paths import REPO_ROOT
+from tests.e2e.conftest import AIRFLOW3_VERSION
 from tests.e2e.test_listener import (
     AIRFLOW3_PRODUCER,
     BEAR_EXTRA,

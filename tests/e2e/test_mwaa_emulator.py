@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
-from tests.e2e.airflow_env import AirflowDeployment, DeploymentFactory
+from devkit.airflow_env import AirflowDeployment, DeploymentFactory
 
 DAGS = {
     3: """

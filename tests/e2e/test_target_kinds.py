@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.airflow_env import AirflowDeployment
-from tests.e2e.local_forwarding import (
+from devkit.airflow_env import AirflowDeployment
+from devkit.local_forwarding import (
     LINEAGE,
     LocalStackProcess,
     asset_events,

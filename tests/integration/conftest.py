@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-import requests
 
-from tests.fakes.airflow_api import FakeAirflow
-from tests.fakes.aws import DEFAULT_REGION, ForwarderStack, free_port
-from tests.fakes.lambda_sqs import LambdaSqsDriver
-
-
-@contextlib.contextmanager
-def moto_server(log_path: Path) -> Iterator[str]:
-    """moto server in a process of its own: it then does not compete with the tests for the GIL."""
-    port = free_port()
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            # moto server, with our fix for a lost-update race in its SQS deletes
-            [sys.executable, "-m", "dataset_forwarder_cli.local.moto_fixes", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            endpoint = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.get(f"{endpoint}/moto-api/", timeout=1).status_code < 500:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start on {endpoint}")
-                time.sleep(0.1)
-            yield endpoint
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:  # moto waits for request threads a client's open connection holds
-                server.kill()
-                server.wait()
+from devkit.airflow_api import FakeAirflow
+from devkit.aws import ForwarderStack
+from devkit.lambda_sqs import LambdaSqsDriver
+from devkit.moto_env import moto_server, use_moto
 
 
 def wait_for(condition: Callable[[], bool], *, timeout_s: float, what: str, every_s: float = 0.2) -> None:
@@ -70,16 +33,7 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    for key, value in {
-        "AWS_ENDPOINT_URL": moto_endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": DEFAULT_REGION,
-        "AWS_REGION": DEFAULT_REGION,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    use_moto(monkeypatch, moto_endpoint)
     return moto_endpoint
 
 

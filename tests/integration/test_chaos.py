@@ -30,10 +30,11 @@ import pytest
 from dataset_forwarder.dead_letters import UNCONFIRMED
 from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
 from dataset_forwarder_cli.local.poller import PENDING_COUNTS, EventSourceConfig, FunctionConfig, Poller, ProcessInvoker
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.integration.conftest import moto_server, wait_for
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.moto_env import moto_server
+from tests.integration.conftest import wait_for
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261125"))  # another seed: other faults, other timings
 EVENTS = int(os.environ.get("CHAOS_EVENTS", "5000"))  # about 4.5 min here; `make chaos CHAOS_EVENTS=N` for others

@@ -18,11 +18,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dataset_forwarder_cli.main import cli
-from tests.fakes.airflow_api import FakeAirflow
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import LambdaSqsDriver
-from tests.fakes.sqs_proxy import SpoilingProxy
+from devkit.airflow_api import FakeAirflow
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import LambdaSqsDriver
+from devkit.sqs_proxy import SpoilingProxy
 from tests.integration.conftest import wait_for
 
 BEARS = "s3://bucket/bears"

@@ -16,8 +16,9 @@ from click.testing import CliRunner, Result
 from dataset_forwarder_cli.local.commands import is_our_process
 from dataset_forwarder_cli.local.stack import DeployedStack
 from dataset_forwarder_cli.main import cli
-from tests.fakes.aws import DEFAULT_REGION, ForwarderStack
-from tests.fakes.envelopes import envelope
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.moto_env import DEFAULT_REGION
 from tests.integration.conftest import wait_for
 
 BEARS = "s3://bucket/bears"

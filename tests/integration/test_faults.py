@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from dataset_forwarder.dead_letters import UNCONFIRMED
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
 from tests.integration.conftest import LogCapture
 
 BEARS = "s3://bucket/bears"

@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import LambdaSqsDriver
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import LambdaSqsDriver
 
 BEARS = "s3://bucket/bears"
 

@@ -1,7 +1,7 @@
 """Hostile downstreams as real servers on 127.0.0.1 (issue 14): no secret in any output, no stall, letters SQS takes.
 
 Every dead letter read here goes through `ForwarderStack.dead_letters`, which fails when real SQS would refuse
-the letter's body or any attribute (tests/fakes/aws.py).
+the letter's body or any attribute (devkit/aws.py).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from dataset_forwarder.dead_letters import UNCONFIRMED
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import DeadLetterView, ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import LambdaSqsDriver
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import DeadLetterView, ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import LambdaSqsDriver
 from tests.integration.conftest import LogCapture, wait_for
 
 BEARS = "s3://bucket/bears"

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
 
 BEARS = "s3://bucket/bears"
 ARN = "arn:aws:sqs:us-east-1:123456789012:not-a-real-queue"

@@ -9,10 +9,10 @@ import pytest
 
 from dataset_forwarder.dead_letters import UNCONFIRMED
 from dataset_forwarder.stats import INVALID_TARGET_CONFIG
-from tests.fakes.airflow_api import FakeAirflow
-from tests.fakes.aws import ForwarderStack
-from tests.fakes.envelopes import envelope
-from tests.fakes.lambda_sqs import LambdaSqsDriver
+from devkit.airflow_api import FakeAirflow
+from devkit.aws import ForwarderStack
+from devkit.envelopes import envelope
+from devkit.lambda_sqs import LambdaSqsDriver
 from tests.integration.conftest import LogCapture
 
 BEARS = "s3://bucket/bears"

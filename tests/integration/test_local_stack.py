@@ -27,8 +27,8 @@ from dataset_forwarder_cli.local.poller import (
     ProcessInvoker,
 )
 from dataset_forwarder_cli.local.stack import DeployedStack, LocalStack, aws_session, client, deploy
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.envelopes import envelope
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.envelopes import envelope
 from tests.integration.conftest import wait_for
 
 # moto names every resource type it skips (the CloudWatch alarms) on each deployment

@@ -26,7 +26,8 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError, ReadTimeoutError
 
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
-from tests.fakes.airflow_api import FakeAirflow, Fault
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.moto_env import aws_session
 from tests.integration.conftest import wait_for
 
 BEARS = "s3://lake/bears"
@@ -318,13 +319,7 @@ def test_caller_not_on_the_allow_list_is_denied_then_allowed(emulator: MwaaEmula
 
 @pytest.fixture
 def sts(moto_endpoint: str) -> Any:
-    return boto3.client(
-        "sts",
-        endpoint_url=moto_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+    return aws_session().client("sts", endpoint_url=moto_endpoint)
 
 
 def _assume(sts: Any, role: str, session: str = "forwarder") -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from dataset_forwarder_cli.local import sam as sam_stack
-from tests.fakes.aws import DEFAULT_REGION, free_port
+from devkit.moto_env import MotoServer, use_moto
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -69,24 +69,10 @@ def transformed(template: dict[str, Any]) -> dict[str, Any]:
 def aws_session() -> Iterator[Any]:
     """A boto3 session on a moto server of its own; fake credentials, us-east-1, no profile."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_SESSION_TOKEN": "testing",
-            "AWS_DEFAULT_REGION": DEFAULT_REGION,
-            "AWS_REGION": DEFAULT_REGION,
-        }.items():
-            patch.setenv(key, value)
-        patch.delenv("AWS_PROFILE", raising=False)
+    with MotoServer() as server, pytest.MonkeyPatch.context() as patch:
+        use_moto(patch, server.endpoint)
         yield boto3.session.Session()
-    server.stop()
 
 
 @dataclass

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.template import layer_report
+from devkit import layer_report
+from devkit.moto_env import MotoServer, aws_session, fake_aws_env
 from tests.template.conftest import ROOT, TEMPLATE
 
 SAM_VENV = os.environ.get("SAM_VENV", "")
@@ -34,13 +35,9 @@ needs_checkov = pytest.mark.skipif(
 
 def _offline_environment() -> dict[str, str]:
     environment = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    environment.update(fake_aws_env())
     environment.update(
         SAM_CLI_TELEMETRY="0",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_SESSION_TOKEN="testing",
         AWS_EC2_METADATA_DISABLED="true",
         AWS_CONFIG_FILE=os.devnull,
         AWS_SHARED_CREDENTIALS_FILE=os.devnull,
@@ -131,11 +128,6 @@ def test_release_template_and_zips_publish_with_sam_package(sam_build: Path, tmp
     The release directory must be what a platform engineer publishes as it is: SAM uploads each zip unchanged and
     the packaged template points at exactly those objects.
     """
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from tests.fakes.aws import free_port
-
     release = tmp_path / "release"
     made = _run([str(Path(SAM_VENV) / "bin" / "python"), "mk/sam_dist.py", str(sam_build), str(release)], timeout=300)
     assert made.returncode == 0, made.stdout + made.stderr
@@ -152,14 +144,9 @@ def test_release_template_and_zips_publish_with_sam_package(sam_build: Path, tmp
     _run([str(Path(SAM_VENV) / "bin" / "python"), "mk/sam_dist.py", str(sam_build), str(again)], timeout=300)
     assert {path.name: path.read_bytes() for path in again.glob("*.zip")} == zips  # reproducible
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
-        )
+    with MotoServer() as server:
+        endpoint = server.endpoint
+        s3 = aws_session().client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="releases")
         packaged = tmp_path / "packaged.yaml"
         command = [_tool(SAM_VENV, "sam"), "package", "--template-file", str(release / "template.yaml")]
@@ -178,8 +165,6 @@ def test_release_template_and_zips_publish_with_sam_package(sam_build: Path, tmp
             item["Key"]: s3.get_object(Bucket="releases", Key=item["Key"])["Body"].read()
             for item in s3.list_objects_v2(Bucket="releases")["Contents"]
         }
-    finally:
-        server.stop()
     text = packaged.read_text(encoding="utf-8")
     for name, content in zips.items():
         [key] = [key for key, body in uploaded.items() if body == content]

@@ -1,4 +1,4 @@
-"""The HTTPS way in with the asset_event action, against the fake Airflow 2/3 REST APIs of tests/fakes
+"""The HTTPS way in with the asset_event action, against the fake Airflow 2/3 REST APIs of devkit
 (real HTTP on 127.0.0.1, no AWS), through the `Downstream` seam the forwarder uses."""
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Reply, Transport
 from dataset_forwarder.ways_in.auth import Auth
 from dataset_forwarder.ways_in.https import HttpsWayIn
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.downstream import AirflowClient
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.downstream import AirflowClient
 
 BEARS = "s3://bucket/bears"
 EXTRA: dict[str, Any] = {"rows": 42, "dataset_forwarder": {"id": "e1", "source": {}, "trail": ["team-a-prod"]}}

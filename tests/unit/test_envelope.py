@@ -8,30 +8,14 @@ from typing import Any
 import pytest
 
 from dataset_forwarder.envelope import LINEAGE_KEY, MAX_ID_LENGTH, Envelope, InvalidMessage, parse_envelope
+from devkit.envelopes import envelope as reference_envelope
 
 BEARS = "s3://bucket/bears"
 
 
 def full_envelope(**overrides: Any) -> dict[str, Any]:
     """Every field of DESIGN.md §3, as the listener writes it."""
-    data: dict[str, Any] = {
-        "version": 1,
-        "id": "6f1c2a0e9b8d4c55a1e3f2d4b6a8c0e1",
-        "uri": BEARS,
-        "name": BEARS,
-        "extra": {"rows": 42},
-        "source": {
-            "deployment": "team-a-prod",
-            "airflow_version": "3.3.2",
-            "dag_id": "producer",
-            "task_id": "get_bear",
-            "run_id": "scheduled__2026-11-23T00:00:00+00:00",
-            "map_index": -1,
-        },
-        "emitted_at": "2026-11-23T23:00:00.123456+00:00",
-        "trail": ["team-a-prod"],
-        "only_targets": None,
-    }
+    data = reference_envelope(BEARS, event_id="6f1c2a0e9b8d4c55a1e3f2d4b6a8c0e1")
     data.update(overrides)
     return data
 

@@ -1,4 +1,4 @@
-"""Self-test of tests/fakes/airflow_api.py: the fake Airflow must behave as the real API does."""
+"""Self-test of devkit/airflow_api.py: the fake Airflow must behave as the real API does."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.fakes.airflow_api import FakeAirflow, Fault
+from devkit.airflow_api import FakeAirflow, Fault
 
 BEARS = "s3://b/bears"
 BEARS_2 = "s3://b/bears-2"

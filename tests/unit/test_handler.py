@@ -29,7 +29,7 @@ def test_missing_configuration_fails_the_invocation_naming_the_variable(monkeypa
     import app
     from dataset_forwarder import runtime
     from dataset_forwarder.settings import SettingsError
-    from tests.fakes.lambda_sqs import FakeLambdaContext
+    from devkit.lambda_sqs import FakeLambdaContext
 
     monkeypatch.delenv("IDEMPOTENCY_TABLE", raising=False)
     monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/000000000000/dlq")

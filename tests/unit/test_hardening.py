@@ -17,9 +17,9 @@ from dataset_forwarder.routing import MAX_LABEL_CHARS, route
 from dataset_forwarder.settings import Settings
 from dataset_forwarder.targets import Catalog, InvalidTarget, parse_target
 from dataset_forwarder.transport import ERROR_TIMEOUT, MAX_BODY_BYTES, Reply, Transport, TransportError
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.aws import sqs_refused_characters
-from tests.fakes.envelopes import envelope
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.aws import sqs_refused_characters
+from devkit.envelopes import envelope
 
 BEARS = "s3://bucket/bears"
 

@@ -10,7 +10,7 @@ import pytest
 from dataset_forwarder.ledger import Ledger
 from dataset_forwarder.outcomes import AlreadyInFlight
 from dataset_forwarder_cli.local.bootstrap import LambdaContext
-from tests.fakes.idempotency import MemoryTable
+from devkit.idempotency import MemoryTable
 
 
 def _ledger(table: MemoryTable) -> Ledger:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import boto3
 import pytest
 
 from dataset_forwarder.downstream import Downstreams
@@ -37,9 +36,9 @@ from dataset_forwarder.targets import InvalidTarget, ParseRules, Target, parse_t
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.mwaa import CREDENTIALS_MARGIN_S, MAX_PATH, MwaaClients
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.envelopes import envelope
-from tests.integration.conftest import moto_server
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.envelopes import envelope
+from devkit.moto_env import aws_session, moto_server
 
 BEARS = "s3://bucket/bears"
 LONG_URI = "s3://lake/curated/orders/region=eu-west-1/daily.parquet"  # quoted, /datasets/{uri} passes 64 characters
@@ -74,7 +73,7 @@ def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[MwaaEmulator]:
 
 @pytest.fixture
 def boto_session() -> Any:
-    return boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+    return aws_session()
 
 
 @pytest.fixture

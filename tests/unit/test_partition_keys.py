@@ -12,8 +12,9 @@ from dataset_forwarder.envelope import parse_envelope
 from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.https import HttpsWayIn
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.downstream import AirflowClient
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.downstream import AirflowClient
+from devkit.envelopes import envelope
 
 ORDERS = "s3://lake/orders"
 
@@ -33,10 +34,8 @@ def client() -> Iterator[AirflowClient]:
 
 
 def partitioned(event_id: str = "e1", key: str | None = "2026-12-06") -> str:
-    body = {"version": 1, "id": event_id, "uri": ORDERS, "extra": {"rows": 3}, "trail": ["team-a"]}
-    if key is not None:
-        body["partition_key"] = key
-    return json.dumps(body)
+    fields = {} if key is None else {"partition_key": key}
+    return json.dumps(envelope(ORDERS, event_id=event_id, extra={"rows": 3}, trail=["team-a"], **fields))
 
 
 def target(url: str, airflow: str = "3") -> Target:

@@ -15,8 +15,8 @@ from dataset_forwarder.single_flight import SingleFlight
 from dataset_forwarder.targets import Target
 from dataset_forwarder.ways_in.auth import Auth
 from dataset_forwarder.ways_in.https import HttpsWayIn
-from tests.fakes.airflow_api import FakeAirflow
-from tests.fakes.downstream import AirflowClient
+from devkit.airflow_api import FakeAirflow
+from devkit.downstream import AirflowClient
 
 WAITERS = 7
 BEARS = "s3://bucket/bears"

@@ -27,7 +27,7 @@ from dataset_forwarder.transport import (
     Transport,
     TransportError,
 )
-from tests.fakes.airflow_api import FakeAirflow, Fault
+from devkit.airflow_api import FakeAirflow, Fault
 
 TIMEOUT = (2.0, 2.0)
 

@@ -17,8 +17,8 @@ from dataset_forwarder.services import Services
 from dataset_forwarder.targets import InvalidTarget, ParseRules, Target, parse_target
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.mwaa import MwaaClients
-from tests.fakes.airflow_api import FakeAirflow, Fault
-from tests.fakes.envelopes import envelope
+from devkit.airflow_api import FakeAirflow, Fault
+from devkit.envelopes import envelope
 from tests.unit.test_airflow_client import DictSecrets
 
 BEARS = "s3://bucket/bears"

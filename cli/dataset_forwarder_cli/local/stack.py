@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import shlex
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -30,6 +32,9 @@ DEFAULT_STACK_NAME = "dataset-forwarder-local"
 DEFAULT_REGION = "us-east-1"
 HOST = "127.0.0.1"
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+# Airflow's fixed defaults (api/webserver, worker and triggerer log servers): the local stack shares the machine with
+# Airflow deployments, so `free_port` never hands these out.
+RESERVED_PORTS = frozenset({8080, 8793, 8794})
 # Variables of the forwarder's own contract (docs/operate.md) that the local stack reads back from the function.
 DLQ_VARIABLE = "DEAD_LETTER_QUEUE_URL"
 TABLE_VARIABLE = "IDEMPOTENCY_TABLE"
@@ -42,10 +47,28 @@ class LocalStackError(RuntimeError):
     """The local stack could not be started or is not what the template should have made."""
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port free now on `host`, never one of Airflow's fixed defaults nor one handed out before in this process."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in RESERVED_PORTS and port not in _PORTS_HANDED_OUT:
+            _PORTS_HANDED_OUT.add(port)
+            return port
+
+
+def fake_aws_env(endpoint: str | None = None, region: str = DEFAULT_REGION) -> dict[str, str]:
+    """AWS SDK settings for a client of the local stack: the endpoint (when given), fake credentials, the region."""
+    return {
+        **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}),
+        **FAKE_CREDENTIALS,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_REGION": region,
+    }
 
 
 def quiet_moto() -> None:
@@ -75,16 +98,32 @@ def client(session: Any, service: str, endpoint: str) -> Any:
 
 
 class MotoServer:
-    """moto's server in a thread of this process, on 127.0.0.1."""
+    """moto server with our fixes (`moto_fixes`) on 127.0.0.1: the one way this project starts it.
 
-    def __init__(self, port: int | None = None, host: str = HOST) -> None:
+    In a thread of this process (the local stack), or with `log_path` in a process of its own writing that log
+    (tests and benchmarks under load: it then does not compete with them for the GIL).
+    """
+
+    def __init__(
+        self, port: int | None = None, host: str = HOST, *, log_path: Path | None = None, start_timeout_s: float = 60
+    ) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.log_path = log_path
+        self.start_timeout_s = start_timeout_s
         self._server: Any = None
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def start(self) -> MotoServer:
         try:
@@ -92,23 +131,51 @@ class MotoServer:
         except ImportError as exc:  # pragma: no cover - depends on the installation
             raise LocalStackError(f"moto server is not installed ({exc}): {INSTALL_HINT}") from exc
 
+        if self._listening():
+            raise LocalStackError(f"port {self.port} on {self.host} is already in use")
+        if self.log_path is not None:
+            return self._start_process(self.log_path)
         from .moto_fixes import apply as fix_moto
 
         fix_moto()
         quiet_moto()
-        try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                raise LocalStackError(f"port {self.port} on {self.host} is already in use")
-        except OSError:
-            pass
         self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
         self._server.start()
+        return self
+
+    def _start_process(self, log_path: Path) -> MotoServer:
+        with log_path.open("wb") as log:
+            self._process = subprocess.Popen(  # noqa: S603 - moto server of this interpreter's installation
+                [sys.executable, "-m", f"{__package__}.moto_fixes", "-H", self.host, "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self._listening():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise LocalStackError(f"moto server did not start on {self.endpoint}; see {log_path}")
+            time.sleep(0.1)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # moto waits for request threads a client's open connection holds
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 @dataclass(frozen=True)
@@ -145,12 +212,7 @@ class DeployedStack:
 
     def aws_env(self) -> dict[str, str]:
         """AWS SDK settings for anything that talks to this stack (fake credentials, the moto endpoint)."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            **FAKE_CREDENTIALS,
-            "AWS_DEFAULT_REGION": self.region,
-            "AWS_REGION": self.region,
-        }
+        return fake_aws_env(self.endpoint, self.region)
 
     def handler_env(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
         """The function's environment as the template sets it, plus the AWS endpoint; plain HTTP targets allowed."""

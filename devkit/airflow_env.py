@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,14 +30,14 @@ from urllib.parse import quote
 
 import requests
 
+from devkit.moto_env import free_port
+
 # Bump when the way venvs are built changes, so stale caches are not reused.
 TOOLING_VERSION = "1"
 CACHE_DIR_ENV = "ADF_AIRFLOW_CACHE_DIR"
 PYTHON_ENV = "ADF_AIRFLOW_PYTHON"
 KEEP_VENVS_PER_VERSION = 2
 MARKER = ".adf-complete.json"
-# Airflow's fixed defaults (api/webserver, worker and triggerer log servers): never hand these out.
-RESERVED_PORTS = frozenset({8080, 8793, 8794})
 # Not part of what pip installs from a local project: build output and tool caches, and its top-level tests/ (the
 # src layout and setuptools' flat-layout discovery both leave it out), so editing those costs no venv rebuild.
 _IGNORED_NAMES = frozenset(
@@ -51,7 +50,6 @@ _IGNORED_TOP_LEVEL = frozenset({"tests"})
 _LIVE: weakref.WeakSet[AirflowDeployment] = weakref.WeakSet()
 # Shared locks on venvs this process uses: pruning in other processes skips them. Released at exit.
 _HELD_LOCKS: dict[Path, IO[bytes]] = {}
-_PORTS_HANDED_OUT: set[int] = set()
 
 
 class AirflowError(RuntimeError):
@@ -244,17 +242,6 @@ def _clean_env() -> dict[str, str]:
     """The caller's environment without anything that would configure or redirect Airflow or Python."""
     dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")
     return {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW") and k not in dropped}
-
-
-def free_port() -> int:
-    """A port that is free now, never one of Airflow's fixed defaults nor one handed out before in this process."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in RESERVED_PORTS and port not in _PORTS_HANDED_OUT:
-            _PORTS_HANDED_OUT.add(port)
-            return port
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 import socket
 import subprocess
@@ -18,29 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 from jsonschema import Draft202012Validator
-from moto.server import ThreadedMotoServer
 
-from tests.e2e.airflow_env import AirflowDeployment, free_port, poll
+from devkit.airflow_env import AirflowDeployment, poll
+from devkit.moto_env import AWS_NOISE, MotoServer, aws_session, fake_aws_env
+from devkit.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "events" / "envelope.schema.json"
-REGION = "us-east-1"
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": REGION,
-    "AWS_REGION": REGION,
-}
-# Variables of the developer's shell that would send the listener elsewhere than the test says.
-AWS_NOISE = (
-    "AWS_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL_SQS",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-)
 UNSET = None
 
 
@@ -78,18 +61,10 @@ class MotoSqs:
     """moto server on 127.0.0.1 (own thread) and a client for its SQS."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self._server.start()
-        self.client = boto3.client(
-            "sqs",
-            endpoint_url=self.endpoint,
-            region_name=REGION,
-            aws_access_key_id=FAKE_AWS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=FAKE_AWS["AWS_SECRET_ACCESS_KEY"],
-        )
+        self._server = MotoServer().start()
+        self.port = self._server.port
+        self.endpoint = self._server.endpoint
+        self.client = aws_session().client("sqs", endpoint_url=self.endpoint)
         self._queues = 0
 
     def stop(self) -> None:
@@ -152,9 +127,8 @@ def listener_env(
 ) -> dict[str, str | None]:
     """What an upstream deployment sets for the listener, pointed at moto (None removes a variable)."""
     env: dict[str, str | None] = {
-        **FAKE_AWS,
+        **fake_aws_env(moto.endpoint),
         **dict.fromkeys(AWS_NOISE, UNSET),
-        "AWS_ENDPOINT_URL": moto.endpoint,
         "DATASET_FORWARDER_QUEUE_URL": queue_url,
         "DATASET_FORWARDER_DEPLOYMENT": deployment,
         "DATASET_FORWARDER_SPOOL_DIR": str(spool_dir),

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-
-DEFAULT_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sqs_refused_characters(text: str) -> list[str]:

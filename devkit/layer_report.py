@@ -1,7 +1,7 @@
 """What `sam build` put in the dependencies layer: bytecode, runtime duplicates, native code, size.
 
 Used by tests/template/test_sam_cli.py and by `make sam-build`:
-`python -m tests.template.layer_report BUILD_DIR` prints the size and exits 1 on a problem.
+`python -m devkit.layer_report BUILD_DIR` prints the size and exits 1 on a problem.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def inspect(build_dir: Path) -> LayerReport:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m tests.template.layer_report BUILD_DIR", file=sys.stderr)
+        print("usage: python -m devkit.layer_report BUILD_DIR", file=sys.stderr)
         return 2
     report = inspect(Path(argv[0]))
     print(report.summary())

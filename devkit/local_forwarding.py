@@ -26,21 +26,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.e2e.airflow_env import AirflowDeployment, AirflowError, poll
+from devkit.airflow_env import AirflowDeployment, AirflowError, poll
+from devkit.envelopes import envelope as reference_envelope
+from devkit.moto_env import AWS_NOISE
+from devkit.paths import CLI_DIR, FUNCTION_DIR
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-LISTENER_DIR = REPO_ROOT / "listener"
 # This worktree's CLI and core package, ahead of whatever checkout the venv's editable install was made from.
-WORKTREE_PATHS = (REPO_ROOT / "cli", REPO_ROOT / "functions" / "forwarder")
+WORKTREE_PATHS = (CLI_DIR, FUNCTION_DIR)
 CLI = [sys.executable, "-m", "dataset_forwarder_cli.main"]
 LINEAGE = "dataset_forwarder"
-# Variables of a developer's shell that would point the CLI, the listener or the handler somewhere else.
-_AWS_NOISE = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_SQS", "AWS_CONFIG_FILE")
-
-
-def listener_extras() -> tuple[str, ...]:
-    """What the Airflow venvs get besides Airflow: the listener, as a package (the same key as tests/e2e uses)."""
-    return (str(LISTENER_DIR),)
 
 
 def parse_time(value: str | None) -> float | None:
@@ -81,7 +75,7 @@ class LocalStackProcess:
         self.mwaa_allow = list(mwaa_allow)
         self.up_env = dict(env or {})
         self.state: dict[str, Any] = {}
-        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in _AWS_NOISE}
+        self.base_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in AWS_NOISE}
         inherited = [self.base_env["PYTHONPATH"]] if self.base_env.get("PYTHONPATH") else []
         self.base_env["PYTHONPATH"] = os.pathsep.join([*map(str, WORKTREE_PATHS), *inherited])
 
@@ -185,24 +179,18 @@ class LocalStackProcess:
         import boto3
 
         env = self.cli_env()
-        envelope = {
-            "version": 1,
-            "id": event_id or uuid.uuid4().hex,
-            "uri": uri,
-            "name": uri,
-            "extra": dict(extra or {}),
-            "source": {
-                "deployment": deployment,
-                "airflow_version": None,
-                "dag_id": "e2e_sender",
-                "task_id": "send",
-                "run_id": f"manual__{uuid.uuid4().hex[:8]}",
-                "map_index": None,
-            },
-            "emitted_at": datetime.now(UTC).isoformat(),
-            "trail": [deployment],
-            "only_targets": None,
+        source = {
+            "deployment": deployment,
+            "airflow_version": None,
+            "dag_id": "e2e_sender",
+            "task_id": "send",
+            "run_id": f"manual__{uuid.uuid4().hex[:8]}",
+            "map_index": None,
         }
+        emitted_at = datetime.now(UTC).isoformat()
+        envelope = reference_envelope(
+            uri, event_id=event_id, extra=dict(extra or {}), source=source, emitted_at=emitted_at, trail=[deployment]
+        )
         sqs = boto3.client(
             "sqs",
             endpoint_url=env["AWS_ENDPOINT_URL"],

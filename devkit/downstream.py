@@ -16,6 +16,7 @@ from dataset_forwarder.targets import Target
 from dataset_forwarder.transport import Transport
 from dataset_forwarder.ways_in.auth import SecretSource
 from dataset_forwarder.ways_in.mwaa import MwaaClients
+from devkit.envelopes import envelope
 
 
 def envelope_of(
@@ -23,15 +24,15 @@ def envelope_of(
 ) -> Envelope:
     """The envelope whose downstream extra is `extra` (its lineage key gives the id, source and trail)."""
     lineage = dict(extra.get(LINEAGE_KEY) or {})
-    body = {
-        "version": 1,
-        "id": event_id or lineage.get("id") or "e1",
-        "uri": uri,
-        "extra": {k: v for k, v in extra.items() if k != LINEAGE_KEY},
-        "source": lineage.get("source"),
-        "trail": lineage.get("trail") or [],
-        "emitted_at": since.isoformat() if since else None,
-    }
+    body = envelope(
+        uri,
+        event_id=event_id or lineage.get("id") or "e1",
+        name=None,
+        extra={k: v for k, v in extra.items() if k != LINEAGE_KEY},
+        source=lineage.get("source"),
+        trail=lineage.get("trail") or [],
+        emitted_at=since.isoformat() if since else None,
+    )
     return parse_envelope(json.dumps(body))
 
 
