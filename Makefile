@@ -12,7 +12,7 @@ SAM_DIST = $(DIST_DIR)/airflow-dataset-forwarder-sam-$(VERSION)
 # Wheels with the same content are the same bytes (zip timestamps): the e2e test's Airflow venv is keyed by them.
 SOURCE_DATE_EPOCH ?= 315532800
 
-.PHONY: test lint unit integration listener-test e2e e2e-latency chaos bench bench-smoke venv demo demo-down clean-venvs dist dist-wheels dist-listener dist-cli
+.PHONY: test lint unit integration listener-test e2e e2e-latency bench-latency chaos bench bench-smoke venv demo demo-down clean-venvs dist dist-wheels dist-listener dist-cli
 .DEFAULT_GOAL := test
 
 include mk/sam.mk
@@ -67,6 +67,9 @@ bench-smoke: venv ## a tiny run of every benchmark (part of make test)
 
 e2e: venv ## real Airflow 2 and 3 (venvs cached under $(CACHE))
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+bench-latency: venv ## the e2e latency rows (asset_event, trigger_dag, MWAA, dag_run) and their floors, ~6 min
+	$(PY) bench/e2e_latency.py --no-asset-watcher --out bench/results/e2e_latency_quiet.json $(BENCH_ARGS)
 
 e2e-latency: venv ## the e2e module, recording its latency table in bench/results/e2e_latency.json
 	E2E_LATENCY_OUT=$(CURDIR)/bench/results/e2e_latency.json $(PY) -m pytest tests/e2e/test_end_to_end.py $(PYTEST_ARGS)
