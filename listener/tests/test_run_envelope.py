@@ -1,4 +1,4 @@
-"""The ``dag_run`` envelope of DESIGN.md §9.2, its id per run outcome, and the asset event's partition key."""
+"""The ``dag_run`` envelope (docs/envelope.md), its id per run outcome, and the asset event's partition key."""
 
 from __future__ import annotations
 

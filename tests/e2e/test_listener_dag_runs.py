@@ -1,4 +1,4 @@
-"""DAG-run outcomes (DESIGN.md §9.2) from real Airflow 3.3 and 2.11: `dag_run` envelopes on the queue (moto server).
+"""DAG-run outcomes (docs/envelope.md) from real Airflow 3.3 and 2.11: `dag_run` envelopes on the queue (moto server).
 
 One migrated deployment per Airflow version serves the module. `airflow dags test` covers the in-process path; a
 scheduler (+ api-server / webserver) covers production: runs finished by the scheduler, the loop guard over a

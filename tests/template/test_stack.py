@@ -32,7 +32,7 @@ DESIGN_ENVIRONMENT = {
     "MAX_ATTEMPTS",
     "CONFIG_TTL_S",
     "ALLOW_HTTP_TARGETS",
-    # DESIGN.md §9.1 and §9.4
+    # the MWAA, cross-account and secret-scope settings (docs/operate.md)
     "MWAA_ENVIRONMENTS",
     "TARGET_ROLE_ARNS",
     "SECRETS_PATH",

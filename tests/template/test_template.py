@@ -181,7 +181,7 @@ def test_ssm_is_read_only_under_the_targets_and_secrets_paths(transformed: dict[
 
 
 def test_kms_decrypt_only_through_ssm_and_only_for_the_two_paths(transformed: dict[str, Any]) -> None:
-    # Targets may be SecureStrings too (DESIGN.md §4), so the targets path keeps decryption, scoped
+    # Targets may be SecureStrings too (docs/operate.md), so the targets path keeps decryption, scoped
     # like the secrets: through SSM only, for parameters below the two paths only.
     kms = [s for s in _statements(transformed) if any(a.startswith("kms:") for a in _as_list(s["Action"]))]
     [statement] = kms

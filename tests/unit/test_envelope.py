@@ -1,4 +1,4 @@
-"""parse_envelope and what an Envelope gives downstream and to the dead-letter queue (DESIGN.md §3, §6)."""
+"""parse_envelope and what an Envelope gives downstream and to the dead-letter queue (docs/envelope.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ BEARS = "s3://bucket/bears"
 
 
 def full_envelope(**overrides: Any) -> dict[str, Any]:
-    """Every field of DESIGN.md §3, as the listener writes it."""
+    """Every field of the v1 envelope, as the listener writes it."""
     data = reference_envelope(BEARS, event_id="6f1c2a0e9b8d4c55a1e3f2d4b6a8c0e1")
     data.update(overrides)
     return data

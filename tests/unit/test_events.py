@@ -1,4 +1,4 @@
-"""The envelope JSON Schema (DESIGN.md section 3) and the sample SQS events in events/.
+"""The envelope JSON Schema (docs/envelope.md) and the sample SQS events in events/.
 
 The samples are what `sam local invoke -e` feeds the forwarder, so they must have the
 exact Lambda SQS event shape, real MD5 checksums, and bodies that the schema judges the

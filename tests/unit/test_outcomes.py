@@ -1,4 +1,4 @@
-"""Classifying HTTP answers (DESIGN.md §5, §6), Retry-After, retry delays and redaction."""
+"""Classifying HTTP answers (docs/operate.md), Retry-After, retry delays and redaction."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings.from_env (DESIGN.md §5): required variables, defaults, and errors that name the variable."""
+"""Settings.from_env (docs/operate.md): required variables, defaults, and errors that name the variable."""
 
 from __future__ import annotations
 

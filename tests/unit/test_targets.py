@@ -1,4 +1,4 @@
-"""Target parameters (DESIGN.md §4): validation, URI matching, the catalog and its TTL cache."""
+"""Target parameters (docs/operate.md): validation, URI matching, the catalog and its TTL cache."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The trigger_dag action over the HTTPS way in, against the fake Airflow 2.11 and 3.3 (real HTTP on 127.0.0.1),
-through the `Downstream` seam the forwarder uses: run id, body and conf (DESIGN §9.3), 409, 404, `targets test`."""
+through the `Downstream` seam the forwarder uses: run id, body and conf (docs/targets.md), 409, 404, `targets test`."""
 
 from __future__ import annotations
 

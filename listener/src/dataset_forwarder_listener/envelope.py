@@ -1,4 +1,4 @@
-"""Turn one upstream dataset/asset event, or one finished DAG run, into the v1 envelope of DESIGN.md §3 and §9.2.
+"""Turn one upstream dataset/asset event, or one finished DAG run, into the v1 envelope (docs/envelope.md).
 
 Also holds the decisions made per event before anything is sent: the include filter and the
 loop guard (an event that already passed through this deployment is not forwarded again).
@@ -65,7 +65,7 @@ class RunOutcome:
     partition_key: str | None = None
     lineages: tuple[Any, ...] = ()
     """The reserved ``dataset_forwarder`` values of what started the run: the ``trigger_dag`` conf's
-    (DESIGN.md §9.3) and those in the extras of the asset events the run consumed."""
+    (the `trigger_dag` conf) and those in the extras of the asset events the run consumed."""
 
 
 def build(
@@ -157,7 +157,7 @@ def build_run(
 
 
 def run_uri(deployment: str, dag_id: str, state: str) -> str:
-    """The URI a DAG run's outcome is published under (DESIGN.md §9.2)."""
+    """The URI a DAG run's outcome is published under: ``dagrun://{deployment}/{dag_id}/{state}``."""
     return f"dagrun://{deployment}/{dag_id}/{state}"
 
 
@@ -213,7 +213,7 @@ def event_id(deployment: str, event_key: str | None, uri: str, emitted_at: str) 
 
 
 def message_attributes(envelope: EnvelopeBody) -> dict[str, dict[str, str]]:
-    """The SQS message attributes of DESIGN.md §3 (all String)."""
+    """The SQS message attributes every envelope carries (all String): uri, event_id, source_deployment."""
     values = {
         "uri": envelope["uri"],
         "event_id": envelope["id"],
