@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +12,8 @@ import boto3
 import pytest
 
 from devkit.airflow_api import FakeAirflow
-from devkit.aws import ForwarderStack
-from devkit.lambda_sqs import LambdaSqsDriver
+from devkit.aws import DeadLetterView, ForwarderStack
+from devkit.lambda_sqs import Invocation, LambdaSqsDriver
 from devkit.moto_env import moto_server, use_moto
 
 
@@ -81,6 +82,44 @@ def airflow() -> Iterator[Callable[..., FakeAirflow]]:
         fake.stop()
 
 
+@pytest.fixture
+def served_target(stack: ForwarderStack, airflow: Callable[..., FakeAirflow]) -> Callable[..., FakeAirflow]:
+    """Start a fake Airflow holding one dataset and put a target parameter sending that dataset to it.
+
+    `serve(uri)` gives target "team-b" on a fake Airflow 3 with `"airflow": "3"` pinned; `pinned=False` leaves the
+    version out (the forwarder detects it); `token` makes the fake take that bearer token and the target read it from
+    its secret; any other keyword is one more field of the target parameter (it wins over the defaults).
+    """
+
+    def serve(
+        uri: str,
+        *,
+        name: str = "team-b",
+        version: str = "3",
+        pinned: bool = True,
+        token: str | None = None,
+        **settings: object,
+    ) -> FakeAirflow:
+        fake = airflow(version, auth="bearer", token=token) if token is not None else airflow(version)
+        fake.add_dataset(uri)
+        target: dict[str, object] = {"url": fake.url, "datasets": [uri]}
+        if pinned:
+            target["airflow"] = version
+        if token is not None:
+            target["auth"] = {"type": "bearer", "secret": stack.put_secret(name, token)}
+        stack.put_target(name, {**target, **settings})
+        return fake
+
+    return serve
+
+
+def polled(driver: LambdaSqsDriver) -> Invocation:
+    """One invocation of the handler on what the queue holds now; fails when the queue gave it nothing."""
+    invocation = driver.poll()
+    assert invocation is not None, "the queue gave the handler no message"
+    return invocation
+
+
 class LogCapture(logging.Handler):
     """Collects every formatted line the forwarder logs (Powertools JSON), for leak checks."""
 
@@ -111,3 +150,11 @@ def forwarder_logs() -> Iterator[LogCapture]:
     for lg, level in zip(loggers, previous, strict=True):
         lg.removeHandler(capture)
         lg.setLevel(level)
+
+
+def everything_seen(letters: list[DeadLetterView], logs: LogCapture, capsys: pytest.CaptureFixture[str]) -> str:
+    """What an operator can read afterwards: the forwarder's logs, its stdout (metrics), stderr and every letter."""
+    captured = capsys.readouterr()
+    return "\n".join(
+        [logs.text, captured.out, captured.err, *(json.dumps(d.attributes) + "\n" + d.body for d in letters)]
+    )
