@@ -87,8 +87,9 @@ def served_target(stack: ForwarderStack, airflow: Callable[..., FakeAirflow]) ->
     """Start a fake Airflow holding one dataset and put a target parameter sending that dataset to it.
 
     `serve(uri)` gives target "team-b" on a fake Airflow 3 with `"airflow": "3"` pinned; `pinned=False` leaves the
-    version out (the forwarder detects it); `token` makes the fake take that bearer token and the target read it from
-    its secret; any other keyword is one more field of the target parameter (it wins over the defaults).
+    version out (the forwarder detects it); `token` makes the fake take that bearer token, `password` makes it issue
+    JWTs to admin/`password` (auth "airflow-token"), and the target reads either from its secret; any other keyword
+    is one more field of the target parameter (it wins over the defaults).
     """
 
     def serve(
@@ -98,15 +99,23 @@ def served_target(stack: ForwarderStack, airflow: Callable[..., FakeAirflow]) ->
         version: str = "3",
         pinned: bool = True,
         token: str | None = None,
+        password: str | None = None,
         **settings: object,
     ) -> FakeAirflow:
-        fake = airflow(version, auth="bearer", token=token) if token is not None else airflow(version)
+        target: dict[str, object] = {"datasets": [uri]}
+        if token is not None:
+            fake = airflow(version, auth="bearer", token=token)
+            target["auth"] = {"type": "bearer", "secret": stack.put_secret(name, token)}
+        elif password is not None:
+            fake = airflow(version, auth="airflow-token", password=password)
+            secret = stack.put_secret(name, password)
+            target["auth"] = {"type": "airflow-token", "username": "admin", "secret": secret}
+        else:
+            fake = airflow(version)
         fake.add_dataset(uri)
-        target: dict[str, object] = {"url": fake.url, "datasets": [uri]}
+        target["url"] = fake.url
         if pinned:
             target["airflow"] = version
-        if token is not None:
-            target["auth"] = {"type": "bearer", "secret": stack.put_secret(name, token)}
         stack.put_target(name, {**target, **settings})
         return fake
 
@@ -152,9 +161,25 @@ def forwarder_logs() -> Iterator[LogCapture]:
         lg.setLevel(level)
 
 
-def everything_seen(letters: list[DeadLetterView], logs: LogCapture, capsys: pytest.CaptureFixture[str]) -> str:
-    """What an operator can read afterwards: the forwarder's logs, its stdout (metrics), stderr and every letter."""
-    captured = capsys.readouterr()
-    return "\n".join(
-        [logs.text, captured.out, captured.err, *(json.dumps(d.attributes) + "\n" + d.body for d in letters)]
-    )
+SeenByOperator = Callable[[list[DeadLetterView]], str]
+
+
+@pytest.fixture
+def everything_seen(forwarder_logs: LogCapture, capsys: pytest.CaptureFixture[str]) -> SeenByOperator:
+    """`everything_seen(letters)`: what an operator can read afterwards, for leak checks.
+
+    The forwarder's logs, what it printed so far (metrics on stdout, and stderr) and every given dead letter.
+    """
+
+    def seen(letters: list[DeadLetterView]) -> str:
+        captured = capsys.readouterr()
+        return "\n".join(
+            [
+                forwarder_logs.text,
+                captured.out,
+                captured.err,
+                *(json.dumps(d.attributes) + "\n" + d.body for d in letters),
+            ]
+        )
+
+    return seen

@@ -15,7 +15,7 @@ from devkit.airflow_api import FakeAirflow, Fault
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
-from tests.integration.conftest import LogCapture, everything_seen, polled
+from tests.integration.conftest import LogCapture, SeenByOperator, polled
 
 BEARS = "s3://bucket/bears"
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
@@ -75,7 +75,7 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters(
     lambda_driver: LambdaSqsDriver,
     airflow: Callable[..., FakeAirflow],
     forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     secrets = {
         "bearer": "bearer-SECRET-7f3a9c",
@@ -130,7 +130,7 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters(
     assert [d.attributes["target"] for d in letters] == ["refused"]
     assert len(good_bearer.events) == len(basic.events) == len(token.events) == 1
     jwts = [e.authorization for e in token.events]
-    captured = everything_seen(letters, forwarder_logs, capsys)
+    captured = everything_seen(letters)
     assert forwarder_logs.lines  # the run did log
     for value in [*secrets.values(), *(j.split()[-1] for j in jwts if j)]:
         assert value not in captured

@@ -272,18 +272,9 @@ def test_airflow3_substring_match_picks_the_exact_asset(
 
 
 def test_airflow_token_is_fetched_again_once_when_rejected(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3", auth="airflow-token", password="pw")
-    fake.add_dataset(BEARS)
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "datasets": [BEARS],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("team-b", "pw")},
-        },
-    )
+    fake = served_target(BEARS, password="pw", pinned=False)
     stack.send(envelope(BEARS))
     lambda_driver.drain()
     fake.revoke_jwts()  # the cached JWT is now refused

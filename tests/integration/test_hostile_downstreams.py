@@ -18,7 +18,7 @@ from devkit.airflow_api import FakeAirflow, Fault
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
-from tests.integration.conftest import LogCapture, everything_seen, polled, wait_for
+from tests.integration.conftest import SeenByOperator, polled, wait_for
 
 BEARS = "s3://bucket/bears"
 EVENTS = "/api/v2/assets/events"
@@ -31,8 +31,7 @@ def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
     served_target: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = "straddle-SECRET-1a2b3c4d5e6f"
     fake = served_target(BEARS, token=token)
@@ -45,7 +44,7 @@ def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "http_400"
     assert UNCONFIRMED not in letter.attributes  # refused: the target does not hold it
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     assert "x" * 100 in letter.attributes["detail"]  # the excerpt is there, only the token is not
     assert token[:10] not in seen
 
@@ -54,8 +53,7 @@ def test_a_redirect_whose_location_carries_the_token_is_redacted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
     served_target: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = "location-SECRET-77aa88bb99"
     fake = served_target(BEARS, token=token)
@@ -69,15 +67,14 @@ def test_a_redirect_whose_location_carries_the_token_is_redacted(
     assert letter.attributes["error"] == "invalid_target"
     assert "redirect to https://login.example/sso?token=***" in letter.attributes["detail"]
     assert UNCONFIRMED not in letter.attributes
-    assert token not in everything_seen([letter], forwarder_logs, capsys)
+    assert token not in everything_seen([letter])
 
 
 def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
     served_target: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = 'echo/"SE CRET"+&=9f8e7d6c'
     fake = served_target(BEARS, token=token)
@@ -97,7 +94,7 @@ def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "http_400"
     assert "cannot use ***" in letter.attributes["detail"]
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     for form in [token, *forms.values()]:
         assert form not in seen
 
@@ -105,23 +102,11 @@ def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
 def test_an_auth_token_answer_is_never_excerpted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    served_target: Callable[..., FakeAirflow],
+    everything_seen: SeenByOperator,
 ) -> None:
     password = "pw-SECRET-31415926"
-    fake = airflow("3", auth="airflow-token", password=password)
-    fake.add_dataset(BEARS)
-    secret = stack.put_secret("team-b", password)
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "airflow": "3",
-            "datasets": [BEARS],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": secret},
-        },
-    )
+    fake = served_target(BEARS, password=password)
     # /auth/token echoes what it was sent, in a shape no redaction can know (reversed)
     echo = json.dumps({"detail": f"ECHO-MARKER-271 you sent {password[::-1]}"}).encode()
     fake.inject(Fault(status=400, method="POST", path_prefix="/auth/token", raw_body=echo), times=2)
@@ -132,7 +117,7 @@ def test_an_auth_token_answer_is_never_excerpted(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "auth"
     assert UNCONFIRMED not in letter.attributes
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     assert "ECHO-MARKER-271" not in seen
     assert password[::-1] not in seen
     assert fake.count("POST", EVENTS) == 0

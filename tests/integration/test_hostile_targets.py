@@ -13,7 +13,7 @@ from devkit.airflow_api import FakeAirflow
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
-from tests.integration.conftest import LogCapture, everything_seen, polled
+from tests.integration.conftest import LogCapture, SeenByOperator, polled
 
 BEARS = "s3://bucket/bears"
 
@@ -87,8 +87,7 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
     airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     pasted = "pasted-TOKEN-5b8e1f0a9c77"
     fake = airflow("3", auth="bearer", token=pasted)
@@ -101,7 +100,7 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
     cli_output = cli_outputs(stack, ["targets", "list"], ["targets", "list", "--json"], ["dlq", "list", "--json"])
 
     letters = stack.dead_letters(expected=1)
-    seen = everything_seen(letters, forwarder_logs, capsys)
+    seen = everything_seen(letters)
     assert pasted not in seen + cli_output
     assert "BROKEN" in cli_output  # the operator sees the target and its letter, without the value
     assert "invalid_target" in cli_output
