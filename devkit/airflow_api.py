@@ -151,6 +151,30 @@ def _parse_json(body: bytes) -> Any:
         return _NO_JSON
 
 
+# Airflow 3 (FastAPI) validates request bodies with pydantic: a 422 whose `detail` lists one error per problem.
+_PYDANTIC_MESSAGES = {
+    "dict_type": "Input should be a valid dictionary",
+    "extra_forbidden": "Extra inputs are not permitted",
+    "int_type": "Input should be a valid integer",
+    "json_invalid": "JSON decode error",
+    "missing": "Field required",
+    "model_attributes_type": "Input should be a valid dictionary or object to extract fields from",
+    "string_type": "Input should be a valid string",
+    "timezone_aware": "Input should have timezone info",
+}
+
+
+def _body_error(kind: str, field: str | None, value: Any) -> dict[str, Any]:
+    """One pydantic error about the request body (`field` None) or one of its fields, as Airflow 3 lists it."""
+    loc = ["body"] if field is None else ["body", field]
+    return {"type": kind, "loc": loc, "msg": _PYDANTIC_MESSAGES[kind], "input": value}
+
+
+def _extra_fields_errors(data: dict[str, Any], allowed: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The errors of a model with extra="forbid": one per field it does not declare."""
+    return [_body_error("extra_forbidden", key, data[key]) for key in data if key not in allowed]
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # else head and body, written apart, meet the client's delayed ACK
@@ -494,8 +518,7 @@ class _DagRuns:
     def _v3_trigger(self, request: _Request) -> _Response:
         data = _parse_json(request.body)
         if data is _NO_JSON:
-            error = {"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": {}}
-            return _json(422, {"detail": [error]})
+            return _json(422, {"detail": [_body_error("json_invalid", None, {})]})
         errors = self._v3_trigger_errors(data)
         if errors:
             return _json(422, {"detail": errors})
@@ -561,56 +584,18 @@ class _DagRuns:
     def _v3_trigger_errors(data: Any) -> list[dict[str, Any]]:
         """Pydantic validation of TriggerDAGRunPostBody: logical_date required (nullable), extra fields forbidden."""
         if not isinstance(data, dict):
-            return [
-                {
-                    "type": "model_attributes_type",
-                    "loc": ["body"],
-                    "msg": "Input should be a valid dictionary or object to extract fields from",
-                    "input": data,
-                }
-            ]
+            return [_body_error("model_attributes_type", None, data)]
         errors: list[dict[str, Any]] = []
         if "logical_date" not in data:
-            errors.append({"type": "missing", "loc": ["body", "logical_date"], "msg": "Field required", "input": data})
+            errors.append(_body_error("missing", "logical_date", data))
         elif data["logical_date"] is not None and not _aware_timestamp(data["logical_date"]):
-            errors.append(
-                {
-                    "type": "timezone_aware",
-                    "loc": ["body", "logical_date"],
-                    "msg": "Input should have timezone info",
-                    "input": data["logical_date"],
-                }
-            )
+            errors.append(_body_error("timezone_aware", "logical_date", data["logical_date"]))
         for key in ("dag_run_id", "note", "partition_key"):
             if data.get(key) is not None and not isinstance(data[key], str):
-                errors.append(
-                    {
-                        "type": "string_type",
-                        "loc": ["body", key],
-                        "msg": "Input should be a valid string",
-                        "input": data[key],
-                    }
-                )
+                errors.append(_body_error("string_type", key, data[key]))
         if data.get("conf") is not None and not isinstance(data["conf"], dict):
-            errors.append(
-                {
-                    "type": "dict_type",
-                    "loc": ["body", "conf"],
-                    "msg": "Input should be a valid dictionary",
-                    "input": data["conf"],
-                }
-            )
-        for key in data:
-            if key not in _V3_TRIGGER_FIELDS:
-                errors.append(
-                    {
-                        "type": "extra_forbidden",
-                        "loc": ["body", key],
-                        "msg": "Extra inputs are not permitted",
-                        "input": data[key],
-                    }
-                )
-        return errors
+            errors.append(_body_error("dict_type", "conf", data["conf"]))
+        return errors + _extra_fields_errors(data, _V3_TRIGGER_FIELDS)
 
     def _v2_trigger(self, request: _Request) -> _Response:
         dag_id = self._dag_id_of(request)
@@ -1168,8 +1153,7 @@ class FakeAirflow(_DagRuns):
     def _v3_create_event(self, request: _Request) -> _Response:
         data = _parse_json(request.body)
         if data is _NO_JSON:
-            error = {"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": {}}
-            return _json(422, {"detail": [error]})
+            return _json(422, {"detail": [_body_error("json_invalid", None, {})]})
         errors = self._v3_event_errors(data)
         if errors:
             return _json(422, {"detail": errors})
@@ -1209,57 +1193,19 @@ class FakeAirflow(_DagRuns):
     def _v3_event_errors(self, data: Any) -> list[dict[str, Any]]:
         """Pydantic-style validation of CreateAssetEventsBody (extra="forbid")."""
         if not isinstance(data, dict):
-            return [
-                {
-                    "type": "model_attributes_type",
-                    "loc": ["body"],
-                    "msg": "Input should be a valid dictionary or object to extract fields from",
-                    "input": data,
-                }
-            ]
+            return [_body_error("model_attributes_type", None, data)]
         errors: list[dict[str, Any]] = []
         if "asset_id" not in data:
-            errors.append({"type": "missing", "loc": ["body", "asset_id"], "msg": "Field required", "input": data})
+            errors.append(_body_error("missing", "asset_id", data))
         elif isinstance(data["asset_id"], bool) or not isinstance(data["asset_id"], int):
-            errors.append(
-                {
-                    "type": "int_type",
-                    "loc": ["body", "asset_id"],
-                    "msg": "Input should be a valid integer",
-                    "input": data["asset_id"],
-                }
-            )
+            errors.append(_body_error("int_type", "asset_id", data["asset_id"]))
         if "extra" in data and not isinstance(data["extra"], dict):
-            errors.append(
-                {
-                    "type": "dict_type",
-                    "loc": ["body", "extra"],
-                    "msg": "Input should be a valid dictionary",
-                    "input": data["extra"],
-                }
-            )
+            errors.append(_body_error("dict_type", "extra", data["extra"]))
         partition_key = data.get("partition_key")
         if partition_key is not None and not isinstance(partition_key, str):
-            errors.append(
-                {
-                    "type": "string_type",
-                    "loc": ["body", "partition_key"],
-                    "msg": "Input should be a valid string",
-                    "input": partition_key,
-                }
-            )
+            errors.append(_body_error("string_type", "partition_key", partition_key))
         allowed = ("asset_id", "extra", "partition_key") if self._takes_partitions() else ("asset_id", "extra")
-        for key in data:
-            if key not in allowed:
-                errors.append(
-                    {
-                        "type": "extra_forbidden",
-                        "loc": ["body", key],
-                        "msg": "Extra inputs are not permitted",
-                        "input": data[key],
-                    }
-                )
-        return errors
+        return errors + _extra_fields_errors(data, allowed)
 
     # ----------------------------------------------------------------- Airflow 2
 

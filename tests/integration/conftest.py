@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -11,8 +12,8 @@ import boto3
 import pytest
 
 from devkit.airflow_api import FakeAirflow
-from devkit.aws import ForwarderStack
-from devkit.lambda_sqs import LambdaSqsDriver
+from devkit.aws import DeadLetterView, ForwarderStack
+from devkit.lambda_sqs import Invocation, LambdaSqsDriver
 from devkit.moto_env import moto_server, use_moto
 
 
@@ -81,6 +82,53 @@ def airflow() -> Iterator[Callable[..., FakeAirflow]]:
         fake.stop()
 
 
+@pytest.fixture
+def served_target(stack: ForwarderStack, airflow: Callable[..., FakeAirflow]) -> Callable[..., FakeAirflow]:
+    """Start a fake Airflow holding one dataset and put a target parameter sending that dataset to it.
+
+    `serve(uri)` gives target "team-b" on a fake Airflow 3 with `"airflow": "3"` pinned; `pinned=False` leaves the
+    version out (the forwarder detects it); `token` makes the fake take that bearer token, `password` makes it issue
+    JWTs to admin/`password` (auth "airflow-token"), and the target reads either from its secret; any other keyword
+    is one more field of the target parameter (it wins over the defaults).
+    """
+
+    def serve(
+        uri: str,
+        *,
+        name: str = "team-b",
+        version: str = "3",
+        pinned: bool = True,
+        token: str | None = None,
+        password: str | None = None,
+        **settings: object,
+    ) -> FakeAirflow:
+        target: dict[str, object] = {"datasets": [uri]}
+        if token is not None:
+            fake = airflow(version, auth="bearer", token=token)
+            target["auth"] = {"type": "bearer", "secret": stack.put_secret(name, token)}
+        elif password is not None:
+            fake = airflow(version, auth="airflow-token", password=password)
+            secret = stack.put_secret(name, password)
+            target["auth"] = {"type": "airflow-token", "username": "admin", "secret": secret}
+        else:
+            fake = airflow(version)
+        fake.add_dataset(uri)
+        target["url"] = fake.url
+        if pinned:
+            target["airflow"] = version
+        stack.put_target(name, {**target, **settings})
+        return fake
+
+    return serve
+
+
+def polled(driver: LambdaSqsDriver) -> Invocation:
+    """One invocation of the handler on what the queue holds now; fails when the queue gave it nothing."""
+    invocation = driver.poll()
+    assert invocation is not None, "the queue gave the handler no message"
+    return invocation
+
+
 class LogCapture(logging.Handler):
     """Collects every formatted line the forwarder logs (Powertools JSON), for leak checks."""
 
@@ -111,3 +159,27 @@ def forwarder_logs() -> Iterator[LogCapture]:
     for lg, level in zip(loggers, previous, strict=True):
         lg.removeHandler(capture)
         lg.setLevel(level)
+
+
+SeenByOperator = Callable[[list[DeadLetterView]], str]
+
+
+@pytest.fixture
+def everything_seen(forwarder_logs: LogCapture, capsys: pytest.CaptureFixture[str]) -> SeenByOperator:
+    """`everything_seen(letters)`: what an operator can read afterwards, for leak checks.
+
+    The forwarder's logs, what it printed so far (metrics on stdout, and stderr) and every given dead letter.
+    """
+
+    def seen(letters: list[DeadLetterView]) -> str:
+        captured = capsys.readouterr()
+        return "\n".join(
+            [
+                forwarder_logs.text,
+                captured.out,
+                captured.err,
+                *(json.dumps(d.attributes) + "\n" + d.body for d in letters),
+            ]
+        )
+
+    return seen

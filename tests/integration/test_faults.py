@@ -15,23 +15,20 @@ from devkit.airflow_api import FakeAirflow, Fault
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import FakeLambdaContext, LambdaSqsDriver
-from tests.integration.conftest import LogCapture
+from tests.integration.conftest import LogCapture, SeenByOperator, polled
 
 BEARS = "s3://bucket/bears"
 EVENTS_DIR = Path(__file__).resolve().parents[2] / "events"
 
 
 def test_retry_after_keeps_the_record_invisible_until_it_passes(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     fake.inject(Fault(status=429, retry_after="2", method="POST"))
     message_id = stack.send(envelope(BEARS))
 
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids == {message_id}
     hidden_from = time.monotonic()
     assert lambda_driver.poll() is None  # not visible again at once
@@ -53,19 +50,16 @@ def test_retry_after_keeps_the_record_invisible_until_it_passes(
 def test_transient_faults_are_retried_then_delivered(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     forwarder_logs: LogCapture,
     fault: Fault,
     error: str,
 ) -> None:
-    fake = airflow("2")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "2", "datasets": [BEARS], "timeout_s": 0.5})
+    fake = served_target(BEARS, version="2", timeout_s=0.5)
     fake.inject(fault)
     message_id = stack.send(envelope(BEARS))
 
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids == {message_id}
     if error == "timeout":
         fake.wait_for_events(1, timeout_s=5)  # the slow POST did land, after the forwarder gave up on it
@@ -81,7 +75,7 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters(
     lambda_driver: LambdaSqsDriver,
     airflow: Callable[..., FakeAirflow],
     forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     secrets = {
         "bearer": "bearer-SECRET-7f3a9c",
@@ -136,26 +130,18 @@ def test_no_secret_appears_in_logs_metrics_or_dead_letters(
     assert [d.attributes["target"] for d in letters] == ["refused"]
     assert len(good_bearer.events) == len(basic.events) == len(token.events) == 1
     jwts = [e.authorization for e in token.events]
-    captured = "\n".join(
-        [
-            forwarder_logs.text,
-            capsys.readouterr().out,
-            *(json.dumps(d.attributes) + d.body for d in letters),
-        ]
-    )
+    captured = everything_seen(letters)
     assert forwarder_logs.lines  # the run did log
     for value in [*secrets.values(), *(j.split()[-1] for j in jwts if j)]:
         assert value not in captured
 
 
 def test_sample_events_run_through_the_handler_as_sam_local_invoke_would(
-    stack: ForwarderStack, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, served_target: Callable[..., FakeAirflow]
 ) -> None:
     import app
 
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    fake = served_target(BEARS, pinned=False)
     event = json.loads((EVENTS_DIR / "sqs-event-malformed.json").read_text())
 
     response = app.lambda_handler(event, FakeLambdaContext())
@@ -167,17 +153,14 @@ def test_sample_events_run_through_the_handler_as_sam_local_invoke_would(
 
 
 def test_delivery_that_could_outlive_the_invocation_is_not_started(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("slow-budget", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 15})
+    fake = served_target(BEARS, name="slow-budget", timeout_s=15)
     message_id = stack.send(envelope(BEARS))
     lambda_driver.timeout_s = 20  # 2 calls x 15 s would not fit
 
-    first = lambda_driver.poll()
+    first = polled(lambda_driver)
 
-    assert first is not None
     assert first.failed_ids == {message_id}
     assert fake.requests == []
     lambda_driver.timeout_s = 120
@@ -186,27 +169,16 @@ def test_delivery_that_could_outlive_the_invocation_is_not_started(
 
 
 def test_airflow3_post_that_landed_after_a_timeout_is_not_posted_again(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3", auth="bearer", token="tok-123456")
-    fake.add_dataset(BEARS)
+    fake = served_target(BEARS, token="tok-123456", pinned=False, datasets=["s3://bucket/*"], timeout_s=0.5)
     fake.add_dataset("s3://bucket/other")
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "datasets": ["s3://bucket/*"],
-            "timeout_s": 0.5,
-            "auth": {"type": "bearer", "secret": stack.put_secret("team-b", "tok-123456")},
-        },
-    )
     stack.send(envelope("s3://bucket/other"))  # another event of the same deployment, already there
     lambda_driver.drain()
     fake.inject(Fault(delay_s=1.5, method="POST"))
     stack.send(envelope(BEARS))
 
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids
     fake.wait_for_events(2, timeout_s=5)
     lambda_driver.drain()
@@ -216,32 +188,28 @@ def test_airflow3_post_that_landed_after_a_timeout_is_not_posted_again(
 
 
 def _ambiguous_first_try(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> tuple[FakeAirflow, dict[str, Any], str]:
     """One try of an event whose POST lands after the forwarder gave up waiting: (fake, event, receipt handle)."""
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS], "timeout_s": 0.5})
+    fake = served_target(BEARS, pinned=False, timeout_s=0.5)
     fake.inject(Fault(delay_s=1.5, method="POST"))
     event = envelope(BEARS)
     stack.send(event)
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids  # to be retried
     return fake, event, first.event["Records"][0]["receiptHandle"]
 
 
 def test_another_copy_after_an_ambiguous_try_checks_the_target_before_posting(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake, event, receipt = _ambiguous_first_try(stack, lambda_driver, airflow)
+    fake, event, receipt = _ambiguous_first_try(stack, lambda_driver, served_target)
     stack.sqs.change_message_visibility(QueueUrl=stack.queue_url, ReceiptHandle=receipt, VisibilityTimeout=60)
     fake.wait_for_events(1, timeout_s=5)  # the first try's POST landed after all
 
     stack.send(event)  # the same event in a new message (a listener's resend): its first receive
-    second = lambda_driver.poll()
+    second = polled(lambda_driver)
 
-    assert second is not None
     assert second.failed_ids == set()
     assert len(fake.events) == 1  # found downstream, not posted again
     assert fake.count("GET", "/api/v2/assets/events") == 1
@@ -251,7 +219,7 @@ def test_another_copy_after_an_ambiguous_try_checks_the_target_before_posting(
 def test_another_copy_during_an_ambiguous_try_s_hold_waits(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dataset_forwarder import runtime
@@ -259,7 +227,7 @@ def test_another_copy_during_an_ambiguous_try_s_hold_waits(
     monkeypatch.setenv("RETRY_BASE_DELAY_S", "60")  # holds the pair for 30 s after an ambiguous try
     monkeypatch.setenv("RETRY_MAX_DELAY_S", "60")
     runtime.reset()
-    fake, event, _ = _ambiguous_first_try(stack, lambda_driver, airflow)
+    fake, event, _ = _ambiguous_first_try(stack, lambda_driver, served_target)
 
     stack.send(event)  # while the first try's POST may still land
     second = lambda_driver.poll()
@@ -272,21 +240,14 @@ def test_another_copy_during_an_ambiguous_try_s_hold_waits(
 
 
 def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed_and_redrive_never_duplicates(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
     from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
 
-    fake = airflow("3", auth="bearer", token="tok-old-123456")
-    fake.add_dataset(BEARS)
-    secret = stack.put_secret("team-b", "tok-old-123456")
-    stack.put_target(
-        "team-b",
-        {"url": fake.url, "datasets": [BEARS], "timeout_s": 0.5, "auth": {"type": "bearer", "secret": secret}},
-    )
+    fake = served_target(BEARS, token="tok-old-123456", pinned=False, timeout_s=0.5)
     fake.inject(Fault(delay_s=1.5, method="POST"))  # lands downstream after we gave up waiting
     stack.send(envelope(BEARS))
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids
     fake.wait_for_events(1, timeout_s=5)
     fake.set_token("tok-new-654321")  # revoked before the retry can check whether the POST landed
@@ -308,11 +269,9 @@ def test_retry_that_cannot_check_an_ambiguous_try_dead_letters_it_as_unconfirmed
 
 
 def test_a_copy_that_runs_out_of_tries_is_not_dead_lettered_when_another_copy_delivered_the_event(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    fake = served_target(BEARS, pinned=False)
     event = envelope(BEARS)
     stack.send(event)
     lambda_driver.drain()
@@ -328,14 +287,12 @@ def test_a_copy_that_runs_out_of_tries_is_not_dead_lettered_when_another_copy_de
 
 
 def test_a_last_try_whose_post_lost_its_answer_is_dead_lettered_as_unconfirmed_and_redriven_once(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
     from dataset_forwarder_cli.dead_letter_box import DeadLetterBox
 
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
     # a short timeout: after a POST that may have landed, the pair is held for 2 timeouts before the next try
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS], "airflow": "3", "timeout_s": 1})
+    fake = served_target(BEARS, timeout_s=1)
     fake.inject(Fault(reset=True, method="POST"), times=3)  # every try's POST dies waiting for its answer
     stack.send(envelope(BEARS))
 

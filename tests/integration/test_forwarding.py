@@ -11,6 +11,7 @@ from devkit.airflow_api import FakeAirflow, Fault
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
+from tests.integration.conftest import polled
 
 BEARS = "s3://bucket/bears"
 
@@ -100,13 +101,10 @@ def test_glob_routes_only_matching_uris(
 
 
 def test_transient_failure_retries_only_the_failed_target(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    healthy = airflow("3")
-    flaky = airflow("3")
-    for fake in (healthy, flaky):
-        fake.add_dataset(BEARS)
-        stack.put_target(f"t{fake.port}", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    healthy = served_target(BEARS, name="healthy")
+    flaky = served_target(BEARS, name="flaky")
     flaky.inject(Fault(status=503, method="POST", path_prefix="/api/v2/assets/events"), times=2)
     message_id = stack.send(envelope(BEARS))
 
@@ -168,11 +166,9 @@ def test_unknown_dataset_dead_letters_at_once(
 
 
 def test_max_attempts_exhausted_dead_letters_with_attempt_count(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("2")
-    fake.add_dataset(BEARS)
-    stack.put_target("down", {"url": fake.url, "airflow": "2", "datasets": [BEARS]})
+    fake = served_target(BEARS, name="down", version="2")
     fake.inject(Fault(status=502, method="POST"), times=10)
     stack.send(envelope(BEARS))
 
@@ -186,11 +182,9 @@ def test_max_attempts_exhausted_dead_letters_with_attempt_count(
 
 
 def test_malformed_bodies_are_dead_lettered_and_good_records_still_delivered(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    fake = served_target(BEARS, pinned=False)
     bad_bodies = [
         "not json at all",
         "[1, 2, 3]",
@@ -227,14 +221,10 @@ def test_unrouted_event_is_acknowledged_and_counted(
 
 
 def test_trail_loop_guard_skips_targets_already_passed(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    team_a = airflow("3")
-    team_c = airflow("3")
-    for fake in (team_a, team_c):
-        fake.add_dataset(BEARS)
-    stack.put_target("team-a-prod", {"url": team_a.url, "datasets": [BEARS]})
-    stack.put_target("team-c", {"url": team_c.url, "datasets": [BEARS]})
+    team_a = served_target(BEARS, name="team-a-prod", pinned=False)
+    team_c = served_target(BEARS, name="team-c", pinned=False)
     stack.send(envelope(BEARS, trail=["team-a-prod", "team-b"]))
 
     lambda_driver.drain()
@@ -245,14 +235,10 @@ def test_trail_loop_guard_skips_targets_already_passed(
 
 
 def test_only_targets_limits_delivery_and_unknown_names_dead_letter(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    chosen = airflow("3")
-    other = airflow("3")
-    for fake in (chosen, other):
-        fake.add_dataset(BEARS)
-    stack.put_target("chosen", {"url": chosen.url, "datasets": [BEARS]})
-    stack.put_target("other", {"url": other.url, "datasets": [BEARS]})
+    chosen = served_target(BEARS, name="chosen", pinned=False)
+    other = served_target(BEARS, name="other", pinned=False)
     stack.put_target("off", {"url": other.url, "datasets": [BEARS], "enabled": False})
     stack.send(envelope(BEARS, only_targets=["chosen", "gone", "off"]))
 
@@ -286,18 +272,9 @@ def test_airflow3_substring_match_picks_the_exact_asset(
 
 
 def test_airflow_token_is_fetched_again_once_when_rejected(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3", auth="airflow-token", password="pw")
-    fake.add_dataset(BEARS)
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "datasets": [BEARS],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": stack.put_secret("team-b", "pw")},
-        },
-    )
+    fake = served_target(BEARS, password="pw", pinned=False)
     stack.send(envelope(BEARS))
     lambda_driver.drain()
     fake.revoke_jwts()  # the cached JWT is now refused
@@ -313,12 +290,10 @@ def test_airflow_token_is_fetched_again_once_when_rejected(
 def test_broken_target_parameter_is_skipped_and_the_good_one_works(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     forwarder_logs: object,
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("good", {"url": fake.url, "datasets": [BEARS]})
+    fake = served_target(BEARS, name="good", pinned=False)
     stack.put_target("bad-json", "{not json")
     stack.put_target("bad-auth", {"url": fake.url, "datasets": [BEARS], "auth": {"type": "kerberos"}})
     stack.put_target("nested/name", {"url": fake.url, "datasets": [BEARS]})
@@ -336,12 +311,10 @@ def test_broken_target_parameter_is_skipped_and_the_good_one_works(
 def test_the_delivered_line_says_when_the_listener_emitted_the_event(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     forwarder_logs: object,
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     stack.send(envelope(BEARS, event_id="e-known", emitted_at="2026-11-23T23:00:00.123456Z"))
     stack.send(envelope(BEARS, event_id="e-garbled", emitted_at="x" * 5000))
 
@@ -356,11 +329,9 @@ def test_the_delivered_line_says_when_the_listener_emitted_the_event(
 
 
 def test_two_copies_in_flight_reach_the_target_once(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     fake.inject(Fault(delay_s=0.5, method="POST"))
     copy = envelope(BEARS)
     stack.send(copy)
@@ -373,11 +344,9 @@ def test_two_copies_in_flight_reach_the_target_once(
 
 
 def test_resent_event_is_not_posted_again(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("2")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "datasets": [BEARS]})
+    fake = served_target(BEARS, version="2", pinned=False)
     sent = envelope(BEARS)
     stack.send(sent)
     lambda_driver.drain()
@@ -408,8 +377,7 @@ def test_retry_of_a_record_does_not_post_again_to_a_target_it_dead_lettered(
     stack.put_target("flaky", {"url": flaky.url, "airflow": "3", "datasets": [BEARS]})
     flaky.inject(Fault(status=503, method="POST"))
     message_id = stack.send(envelope(BEARS))
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids == {message_id}
     calls_after_first_try = len(refusing.requests)
 

@@ -15,40 +15,13 @@ import pytest
 
 from dataset_forwarder.dead_letters import UNCONFIRMED
 from devkit.airflow_api import FakeAirflow, Fault
-from devkit.aws import DeadLetterView, ForwarderStack
+from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
-from tests.integration.conftest import LogCapture, wait_for
+from tests.integration.conftest import SeenByOperator, polled, wait_for
 
 BEARS = "s3://bucket/bears"
 EVENTS = "/api/v2/assets/events"
-
-
-def everything_seen(letters: list[DeadLetterView], logs: LogCapture, capsys: pytest.CaptureFixture[str]) -> str:
-    """What an operator can read afterwards: the forwarder's logs, its stdout (metrics) and every letter."""
-    captured = capsys.readouterr()
-    return "\n".join(
-        [logs.text, captured.out, captured.err, *(json.dumps(d.attributes) + "\n" + d.body for d in letters)]
-    )
-
-
-def bearer_target(
-    stack: ForwarderStack, airflow: Callable[..., FakeAirflow], token: str, **settings: object
-) -> FakeAirflow:
-    fake = airflow("3", auth="bearer", token=token)
-    fake.add_dataset(BEARS)
-    secret = stack.put_secret("team-b", token)
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "airflow": "3",
-            "datasets": [BEARS],
-            "auth": {"type": "bearer", "secret": secret},
-            **settings,
-        },
-    )
-    return fake
 
 
 # -- point 2: no secret in a dead letter, a log line or stdout ------------------------------------------------
@@ -57,12 +30,11 @@ def bearer_target(
 def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    served_target: Callable[..., FakeAirflow],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = "straddle-SECRET-1a2b3c4d5e6f"
-    fake = bearer_target(stack, airflow, token)
+    fake = served_target(BEARS, token=token)
     # the excerpt keeps 300 characters: the token starts 10 characters before the cut
     fake.inject(Fault(status=400, method="POST", raw_body=b"x" * 290 + token.encode() + b" and more"))
     stack.send(envelope(BEARS))
@@ -72,7 +44,7 @@ def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "http_400"
     assert UNCONFIRMED not in letter.attributes  # refused: the target does not hold it
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     assert "x" * 100 in letter.attributes["detail"]  # the excerpt is there, only the token is not
     assert token[:10] not in seen
 
@@ -80,12 +52,11 @@ def test_a_token_straddling_the_excerpt_cut_is_redacted_before_the_cut(
 def test_a_redirect_whose_location_carries_the_token_is_redacted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    served_target: Callable[..., FakeAirflow],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = "location-SECRET-77aa88bb99"
-    fake = bearer_target(stack, airflow, token)
+    fake = served_target(BEARS, token=token)
     location = f"https://login.example/sso?token={token}&next=/api"
     fake.inject(Fault(status=302, method="POST", headers=(("Location", location),)))
     stack.send(envelope(BEARS))
@@ -96,18 +67,17 @@ def test_a_redirect_whose_location_carries_the_token_is_redacted(
     assert letter.attributes["error"] == "invalid_target"
     assert "redirect to https://login.example/sso?token=***" in letter.attributes["detail"]
     assert UNCONFIRMED not in letter.attributes
-    assert token not in everything_seen([letter], forwarder_logs, capsys)
+    assert token not in everything_seen([letter])
 
 
 def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    served_target: Callable[..., FakeAirflow],
+    everything_seen: SeenByOperator,
 ) -> None:
     token = 'echo/"SE CRET"+&=9f8e7d6c'
-    fake = bearer_target(stack, airflow, token)
+    fake = served_target(BEARS, token=token)
     forms = {
         "json": json.dumps(token)[1:-1],
         "url": quote(token, safe=""),
@@ -124,7 +94,7 @@ def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "http_400"
     assert "cannot use ***" in letter.attributes["detail"]
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     for form in [token, *forms.values()]:
         assert form not in seen
 
@@ -132,23 +102,11 @@ def test_a_token_echoed_json_escaped_or_url_encoded_is_redacted(
 def test_an_auth_token_answer_is_never_excerpted(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    served_target: Callable[..., FakeAirflow],
+    everything_seen: SeenByOperator,
 ) -> None:
     password = "pw-SECRET-31415926"
-    fake = airflow("3", auth="airflow-token", password=password)
-    fake.add_dataset(BEARS)
-    secret = stack.put_secret("team-b", password)
-    stack.put_target(
-        "team-b",
-        {
-            "url": fake.url,
-            "airflow": "3",
-            "datasets": [BEARS],
-            "auth": {"type": "airflow-token", "username": "admin", "secret": secret},
-        },
-    )
+    fake = served_target(BEARS, password=password)
     # /auth/token echoes what it was sent, in a shape no redaction can know (reversed)
     echo = json.dumps({"detail": f"ECHO-MARKER-271 you sent {password[::-1]}"}).encode()
     fake.inject(Fault(status=400, method="POST", path_prefix="/auth/token", raw_body=echo), times=2)
@@ -159,7 +117,7 @@ def test_an_auth_token_answer_is_never_excerpted(
     [letter] = stack.dead_letters(expected=1)
     assert letter.attributes["error"] == "auth"
     assert UNCONFIRMED not in letter.attributes
-    seen = everything_seen([letter], forwarder_logs, capsys)
+    seen = everything_seen([letter])
     assert "ECHO-MARKER-271" not in seen
     assert password[::-1] not in seen
     assert fake.count("POST", EVENTS) == 0
@@ -169,11 +127,9 @@ def test_an_auth_token_answer_is_never_excerpted(
 
 
 def test_every_dead_letter_holds_only_characters_sqs_accepts(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     hostile = b"refused \x00\x01\x07\x1b\x7f " + "\ufffe\uffff".encode() + b" end"
     fake.inject(Fault(status=400, method="POST", raw_body=hostile))
     event = envelope(BEARS, extra={"odd": "ends with \uffff", "fine": "bär \U0001f43b"})
@@ -193,23 +149,19 @@ def test_every_dead_letter_holds_only_characters_sqs_accepts(
 
 
 def test_a_second_copy_during_the_hold_after_an_ambiguous_post_is_not_posted(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
     # RETRY_BASE_DELAY_S=0 here: the hold is 2 x timeout_s = 2 s, while the POST lands 1.6 s after it left
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 1})
+    fake = served_target(BEARS, timeout_s=1)
     fake.inject(Fault(delay_s=1.6, method="POST"))
     event = envelope(BEARS)
     stack.send(event)
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids
 
     copy_id = stack.send(event)  # the same event again, while the POST may still land
-    second = lambda_driver.poll()
+    second = polled(lambda_driver)
 
-    assert second is not None
     assert second.failed_ids == {copy_id}  # told the pair is in flight: retried later
     assert fake.count("GET", EVENTS) == 0  # the copy did not even check: it did not take the pair over
     fake.wait_for_events(1, timeout_s=5)
@@ -219,15 +171,12 @@ def test_a_second_copy_during_the_hold_after_an_ambiguous_post_is_not_posted(
 
 
 def test_the_record_s_own_retry_after_an_ambiguous_post_waits_at_least_the_hold(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 1.5})
+    fake = served_target(BEARS, timeout_s=1.5)
     fake.inject(Fault(delay_s=2.0, method="POST"))
     message_id = stack.send(envelope(BEARS))
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids == {message_id}
     failed_at = time.monotonic()
 
@@ -251,18 +200,15 @@ def test_the_record_s_own_retry_after_an_ambiguous_post_waits_at_least_the_hold(
 
 
 def test_a_2xx_answer_nested_too_deep_still_records_the_delivery(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     fake.inject(Fault(method="POST", path_prefix=EVENTS, raw_body=b"[" * 100_000))  # handled, then a hostile answer
     event = envelope(BEARS)
     stack.send(event)
 
-    first = lambda_driver.poll()
+    first = polled(lambda_driver)
 
-    assert first is not None
     assert first.failed_ids == set()
     assert len(fake.events) == 1
     stack.send(event)  # a copy: the ledger says delivered, so it is not posted again
@@ -276,11 +222,9 @@ def test_a_2xx_answer_nested_too_deep_still_records_the_delivery(
 
 
 def test_a_trickling_answer_ends_at_the_target_timeout(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 2})
+    fake = served_target(BEARS, timeout_s=2)
     # one byte every 0.5 s: each read is quick, the whole answer would take 18 s
     fake.inject(Fault(method="GET", path_prefix="/api/v2/assets?", raw_body=b" " * 36, trickle_s=0.5))
     message_id = stack.send(envelope(BEARS))
@@ -296,11 +240,9 @@ def test_a_trickling_answer_ends_at_the_target_timeout(
 
 
 def test_a_huge_answer_is_cut_and_does_not_stall_the_delivery(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 5})
+    fake = served_target(BEARS, timeout_s=5)
     fake.inject(Fault(status=400, method="POST", raw_body=b"no ", body_bytes=300 * 1024 * 1024))
     stack.send(envelope(BEARS))
 
@@ -315,12 +257,10 @@ def test_a_huge_answer_is_cut_and_does_not_stall_the_delivery(
 
 
 def test_the_did_it_land_check_stops_when_the_invocation_runs_out_of_time(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
+    fake = served_target(BEARS, timeout_s=1)
     fake.seed_events(BEARS, [f"another-{i}" for i in range(2100)])  # 21 full pages, all newer than the envelope
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 1})
     fake.inject(Fault(delay_s=0.8, method="GET", path_prefix=EVENTS), times=20)  # each page takes 0.8 s
     lambda_driver.timeout_s = 9  # 9 s - 1 s for the POST - 3 s margin: about 5 s of checking
     message_id = stack.send(envelope(BEARS, only_targets=["team-b"]))  # a redrive: checks before posting
@@ -342,7 +282,7 @@ def test_the_did_it_land_check_stops_when_the_invocation_runs_out_of_time(
 def test_unconfirmed_marks_exactly_the_letters_whose_target_may_hold_the_pair(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dataset_forwarder import runtime
@@ -352,9 +292,7 @@ def test_unconfirmed_marks_exactly_the_letters_whose_target_may_hold_the_pair(
     uris = {"lost-answer": BEARS, "lookup-timeout": "s3://bucket/lookup", "refused": "s3://bucket/refused"}
     fakes = {}
     for name, uri in uris.items():
-        fakes[name] = airflow("3")
-        fakes[name].add_dataset(uri)
-        stack.put_target(name, {"url": fakes[name].url, "airflow": "3", "datasets": [uri], "timeout_s": 1})
+        fakes[name] = served_target(uri, name=name, timeout_s=1)
     fakes["lost-answer"].inject(Fault(delay_s=1.6, method="POST"))  # the POST lands after we gave up on it
     fakes["lookup-timeout"].inject(Fault(delay_s=1.6, method="GET", path_prefix="/api/v2/assets?"))  # before any POST
     fakes["refused"].inject(Fault(status=503, method="POST"))  # answered: not there

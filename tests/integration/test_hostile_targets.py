@@ -13,7 +13,7 @@ from devkit.airflow_api import FakeAirflow
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
-from tests.integration.conftest import LogCapture
+from tests.integration.conftest import LogCapture, SeenByOperator, polled
 
 BEARS = "s3://bucket/bears"
 
@@ -87,8 +87,7 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
     airflow: Callable[..., FakeAirflow],
-    forwarder_logs: LogCapture,
-    capsys: pytest.CaptureFixture[str],
+    everything_seen: SeenByOperator,
 ) -> None:
     pasted = "pasted-TOKEN-5b8e1f0a9c77"
     fake = airflow("3", auth="bearer", token=pasted)
@@ -101,9 +100,7 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
     cli_output = cli_outputs(stack, ["targets", "list"], ["targets", "list", "--json"], ["dlq", "list", "--json"])
 
     letters = stack.dead_letters(expected=1)
-    seen = "\n".join(
-        [forwarder_logs.text, capsys.readouterr().out, *(json.dumps(d.attributes) + d.body for d in letters)]
-    )
+    seen = everything_seen(letters)
     assert pasted not in seen + cli_output
     assert "BROKEN" in cli_output  # the operator sees the target and its letter, without the value
     assert "invalid_target" in cli_output
@@ -118,12 +115,10 @@ def test_a_token_pasted_into_auth_secret_is_never_echoed(
 def test_a_target_that_turns_invalid_keeps_serving_its_last_good_version(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     stack.send(envelope(BEARS))
     lambda_driver.drain()
     assert len(fake.events) == 1
@@ -143,18 +138,15 @@ def test_a_target_that_turns_invalid_keeps_serving_its_last_good_version(
 def test_a_parameter_that_cannot_be_parsed_marks_only_itself_broken(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
     stack.put_target("hostile", "[" * 3000)  # json.loads raises RecursionError on it
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     message_id = stack.send(envelope(BEARS))
 
-    first = lambda_driver.poll()
+    first = polled(lambda_driver)
 
-    assert first is not None
     assert first.failed_ids == set()
     assert [i for i in first.failed_ids if i == message_id] == []
     assert len(fake.events) == 1
@@ -167,16 +159,14 @@ def test_a_parameter_that_cannot_be_parsed_marks_only_itself_broken(
 def test_a_timeout_the_function_timeout_cannot_fit_is_refused_when_the_target_is_read(
     stack: ForwarderStack,
     lambda_driver: LambdaSqsDriver,
-    airflow: Callable[..., FakeAirflow],
+    served_target: Callable[..., FakeAirflow],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from dataset_forwarder import runtime
 
     monkeypatch.setenv("FUNCTION_TIMEOUT_S", "60")  # 2 calls x 29 s + 3 s margin > 60 s
     runtime.reset()
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("slow", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "timeout_s": 29})
+    fake = served_target(BEARS, name="slow", timeout_s=29)
     stack.send(envelope(BEARS, only_targets=["slow"]))
 
     invocations = lambda_driver.drain()
@@ -192,13 +182,11 @@ def test_a_timeout_the_function_timeout_cannot_fit_is_refused_when_the_target_is
 
 
 def test_unknown_only_targets_names_make_one_dead_letter_and_no_downstream_call(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
     from dataset_forwarder.envelope import MAX_ONLY_TARGETS
 
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     unknown = [f"nobody-{i:03d}-" + "x" * 2000 for i in range(MAX_ONLY_TARGETS)]  # ~200 KiB of names
     stack.send(envelope(BEARS, only_targets=unknown))
 
@@ -216,13 +204,11 @@ def test_unknown_only_targets_names_make_one_dead_letter_and_no_downstream_call(
 
 
 def test_only_targets_over_the_cap_is_one_invalid_message_letter(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
     from dataset_forwarder.envelope import MAX_ONLY_TARGETS
 
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     names = ["team-b", *(f"n{i}" for i in range(26_000))]  # ~235 KiB: 26,000 letters before the cap
     body = json.dumps(envelope(BEARS, only_targets=names), separators=(",", ":"))
     assert 200 * 1024 < len(body.encode()) < 256 * 1024
@@ -238,11 +224,9 @@ def test_only_targets_over_the_cap_is_one_invalid_message_letter(
 
 
 def test_known_and_unknown_only_targets_names_deliver_the_known_and_one_letter_for_the_rest(
-    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, airflow: Callable[..., FakeAirflow]
+    stack: ForwarderStack, lambda_driver: LambdaSqsDriver, served_target: Callable[..., FakeAirflow]
 ) -> None:
-    fake = airflow("3")
-    fake.add_dataset(BEARS)
-    stack.put_target("team-b", {"url": fake.url, "airflow": "3", "datasets": [BEARS]})
+    fake = served_target(BEARS)
     stack.put_target("off", {"url": fake.url, "airflow": "3", "datasets": [BEARS], "enabled": False})
     stack.send(envelope(BEARS, only_targets=["ghost-1", "team-b", "off", "ghost-2", "ghost-1"]))
 

@@ -20,7 +20,7 @@ from devkit.airflow_api import FakeAirflow, Fault
 from devkit.aws import ForwarderStack
 from devkit.envelopes import envelope
 from devkit.lambda_sqs import LambdaSqsDriver
-from tests.integration.conftest import LogCapture
+from tests.integration.conftest import LogCapture, polled
 
 BEARS = "s3://bucket/bears"
 ENVIRONMENT = "team-c-prod"
@@ -133,8 +133,7 @@ def test_a_redriven_letter_for_a_run_that_exists_does_not_start_a_second_run(
     fake.inject(Fault(delay_s=1.5, method="POST", path_prefix="/api/v2/dags/"))
     sent = envelope(BEARS)
     mwaa_stack.send(sent)
-    first = lambda_driver.poll()
-    assert first is not None
+    first = polled(lambda_driver)
     assert first.failed_ids  # a retry is due
     fake.wait_for_dag_runs(1, timeout_s=5)
     # Before the retry, the target stops accepting the forwarder: the retry is refused and dead-lettered.

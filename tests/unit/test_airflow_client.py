@@ -116,30 +116,24 @@ def client(session: Transport) -> AirflowClient:
 # -- version detection ------------------------------------------------------------------------
 
 
-def test_auto_detects_airflow3_and_caches_the_version(v3: FakeAirflow, client: AirflowClient) -> None:
-    target = make_target(v3.url)
+@pytest.mark.parametrize(
+    ("version", "api", "v1_probes"),
+    [pytest.param("3", "v2", 0, id="airflow3"), pytest.param("2", "v1", 1, id="airflow2")],
+)
+def test_auto_detects_the_airflow_version_and_caches_it(
+    version: str, api: str, v1_probes: int, client: AirflowClient
+) -> None:
+    with FakeAirflow(version, datasets=[BEARS]) as fake:
+        target = make_target(fake.url)
 
-    first = client.deliver(target, BEARS, EXTRA)
-    second = client.deliver(target, BEARS, EXTRA)
+        first = client.deliver(target, BEARS, EXTRA)
+        second = client.deliver(target, BEARS, EXTRA)
 
-    assert first.api == second.api == "v2"
-    assert client.api_version(target) == "3"
-    assert v3.count("GET", "/api/v2/version") == 1
-    assert v3.count("GET", "/api/v1/version") == 0
-    assert len(v3.events) == 2
-
-
-def test_auto_detects_airflow2_and_caches_the_version(v2: FakeAirflow, client: AirflowClient) -> None:
-    target = make_target(v2.url)
-
-    first = client.deliver(target, BEARS, EXTRA)
-    second = client.deliver(target, BEARS, EXTRA)
-
-    assert first.api == second.api == "v1"
-    assert client.api_version(target) == "2"
-    assert v2.count("GET", "/api/v2/version") == 1
-    assert v2.count("GET", "/api/v1/version") == 1
-    assert len(v2.events) == 2
+        assert first.api == second.api == api
+        assert client.api_version(target) == version
+        assert fake.count("GET", "/api/v2/version") == 1  # Airflow 3's path is asked first
+        assert fake.count("GET", "/api/v1/version") == v1_probes  # and Airflow 2's only when that one is not there
+        assert len(fake.events) == 2
 
 
 def test_explicit_airflow_version_skips_the_probe(v3: FakeAirflow, client: AirflowClient) -> None:

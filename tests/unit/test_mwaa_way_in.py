@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import pytest
 
-from dataset_forwarder.downstream import Downstreams
+from dataset_forwarder.downstream import Downstream, Downstreams
 from dataset_forwarder.envelope import Envelope, parse_envelope
 from dataset_forwarder.outcomes import (
     AUTH,
@@ -54,6 +54,13 @@ def mwaa_target(environment: str, *, name: str = "team-c", **fields: Any) -> Tar
 
 def an_envelope(uri: str = BEARS, **fields: Any) -> Envelope:
     return parse_envelope(json.dumps(envelope(uri, **fields)))
+
+
+def failure_of(downstream: Downstream, sent: Envelope | None = None) -> DeliveryFailed:
+    """What delivering `sent` (by default a new envelope of BEARS) raises; fails the test when it is delivered."""
+    with pytest.raises(DeliveryFailed) as caught:
+        downstream.deliver(sent or an_envelope())
+    return caught.value
 
 
 class Clock:
@@ -224,12 +231,11 @@ def test_airflow2_dataset_event_and_an_unknown_dataset(
     downstream = downstreams.get(mwaa_target("team-d-prod"))
 
     posted = downstream.deliver(an_envelope())
-    with pytest.raises(DeliveryFailed) as unknown:
-        downstream.deliver(an_envelope("s3://bucket/nobody"))
+    unknown = failure_of(downstream, an_envelope("s3://bucket/nobody"))
 
     assert (posted.status, posted.api) == (200, "v1")
     assert [event.uri for event in af2.events] == [BEARS]
-    assert (unknown.value.error, unknown.value.transient) == (UNKNOWN_DATASET, False)
+    assert (unknown.error, unknown.transient) == (UNKNOWN_DATASET, False)
 
 
 def test_airflow2_lookup_of_a_uri_too_long_for_the_path_uses_the_pattern_listing(
@@ -303,10 +309,9 @@ def test_trigger_dag_of_an_unknown_dag_through_mwaa_is_unknown_dag(
 ) -> None:
     name, fake = env
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstreams.get(mwaa_target(name, action="trigger_dag", dag_id="gone")).deliver(an_envelope())
+    failure = failure_of(downstreams.get(mwaa_target(name, action="trigger_dag", dag_id="gone")))
 
-    assert (caught.value.error, caught.value.transient) == (UNKNOWN_DAG, False)
+    assert (failure.error, failure.transient) == (UNKNOWN_DAG, False)
     assert fake.dag_runs == []
 
 
@@ -340,12 +345,11 @@ def test_airflows_own_statuses_are_classified_as_over_https(
     downstream = downstreams.get(mwaa_target("team-c-prod", airflow="3", action="trigger_dag", dag_id="consumer"))
     af3.inject(Fault(status=status, method="POST", path_prefix="/api/v2/dags/"))
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstream.deliver(an_envelope())
+    failure = failure_of(downstream)
 
-    assert (caught.value.error, caught.value.transient) == (error, transient)
-    assert not isinstance(caught.value, MayHaveLanded)
-    assert f"answered {status}" in caught.value.detail
+    assert (failure.error, failure.transient) == (error, transient)
+    assert not isinstance(failure, MayHaveLanded)
+    assert f"answered {status}" in failure.detail
     [call] = emulator.calls_to("team-c-prod")
     expected = "RestApiServerException" if status >= 500 else "RestApiClientException"
     assert (call.error, call.rest_api_status) == (expected, status)
@@ -357,21 +361,19 @@ def test_throttling_is_a_transient_429_and_is_not_retried_by_the_client(
     downstream = downstreams.get(mwaa_target("team-c-prod", airflow="3"))
     emulator.set_fault("team-c-prod", "throttle", times=3)
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstream.deliver(an_envelope())
+    failure = failure_of(downstream)
 
-    assert (caught.value.error, caught.value.transient) == ("http_429", True)
+    assert (failure.error, failure.transient) == ("http_429", True)
     assert [c.error for c in emulator.calls_to("team-c-prod")] == ["ThrottlingException"]
 
 
 def test_access_denied_is_auth(af3: FakeAirflow, emulator: MwaaEmulator, downstreams: Downstreams) -> None:
     emulator.set_allowed("team-c-prod", ["arn:aws:iam::999999999999:role/somebody-else"])
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstreams.get(mwaa_target("team-c-prod")).deliver(an_envelope())
+    failure = failure_of(downstreams.get(mwaa_target("team-c-prod")))
 
-    assert (caught.value.error, caught.value.transient) == (AUTH, False)
-    assert "check the IAM policy" in caught.value.detail
+    assert (failure.error, failure.transient) == (AUTH, False)
+    assert "check the IAM policy" in failure.detail
     assert af3.requests == []
 
 
@@ -379,10 +381,9 @@ def test_an_environment_mwaa_does_not_have_is_invalid_target(
     af3: FakeAirflow, emulator: MwaaEmulator, downstreams: Downstreams
 ) -> None:
     for target in (mwaa_target("team-x-prod"), mwaa_target("team-c-prod", mwaa={"region": "eu-west-1"})):
-        with pytest.raises(DeliveryFailed) as caught:
-            downstreams.get(target).deliver(an_envelope())
-        assert (caught.value.error, caught.value.transient) == (INVALID_TARGET, False)
-        assert "no MWAA environment" in caught.value.detail
+        failure = failure_of(downstreams.get(target))
+        assert (failure.error, failure.transient) == (INVALID_TARGET, False)
+        assert "no MWAA environment" in failure.detail
     assert af3.requests == []
 
 
@@ -392,10 +393,9 @@ def test_an_internal_error_on_a_post_is_transient_unconfirmed_and_made_exactly_o
     downstream = downstreams.get(mwaa_target("team-c-prod", airflow="3", action="trigger_dag", dag_id="consumer"))
     emulator.set_fault("team-c-prod", "internal", times=5)
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstream.deliver(an_envelope())
+    failure = failure_of(downstream)
 
-    assert (caught.value.error, caught.value.transient, isinstance(caught.value, MayHaveLanded)) == (
+    assert (failure.error, failure.transient, isinstance(failure, MayHaveLanded)) == (
         "http_500",
         True,
         True,
@@ -442,10 +442,9 @@ def test_a_post_that_mwaa_gave_up_waiting_for_is_unconfirmed(
     downstream = downstreams.get(mwaa_target("team-c-prod", airflow="3", action="trigger_dag", dag_id="consumer"))
     af3.inject(Fault(delay_s=3.0, method="POST", path_prefix="/api/v2/dags/"))  # > the relay timeout (2 s)
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstream.deliver(an_envelope())
+    failure = failure_of(downstream)
 
-    assert (caught.value.error, caught.value.transient, isinstance(caught.value, MayHaveLanded)) == (
+    assert (failure.error, failure.transient, isinstance(failure, MayHaveLanded)) == (
         "http_504",
         True,
         True,
@@ -500,8 +499,7 @@ def test_a_role_arn_is_assumed_and_its_session_is_admitted_where_the_function_is
 
     posted = as_role.deliver(an_envelope())
     access = as_role.access()
-    with pytest.raises(DeliveryFailed) as denied:
-        as_function.deliver(an_envelope())
+    denied = failure_of(as_function)
 
     assert not posted.already_there
     assert len(fake.dag_runs) == 1
@@ -509,8 +507,8 @@ def test_a_role_arn_is_assumed_and_its_session_is_admitted_where_the_function_is
     assert assumed == [ROLE]  # once, for every call
     callers = {call.caller for call in emulator.calls if call.error is None}
     assert callers == {"arn:aws:sts::210987654321:assumed-role/dataset-forwarder-invoke/dataset-forwarder"}
-    assert denied.value.error == AUTH
-    assert FUNCTION_ROLE in denied.value.detail
+    assert denied.error == AUTH
+    assert FUNCTION_ROLE in denied.detail
 
 
 def test_assumed_credentials_are_cached_until_shortly_before_they_expire(
@@ -546,11 +544,10 @@ def test_a_role_sts_will_not_let_us_assume_is_auth(
 
     boto_session.events.register("before-call.sts.AssumeRole", refuse)
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstreams.get(mwaa_target("team-e-prod", mwaa={"role_arn": ROLE})).deliver(an_envelope())
+    failure = failure_of(downstreams.get(mwaa_target("team-e-prod", mwaa={"role_arn": ROLE})))
 
-    assert (caught.value.error, caught.value.transient) == (AUTH, False)
-    assert f"cannot assume {ROLE}: AccessDenied" in caught.value.detail
+    assert (failure.error, failure.transient) == (AUTH, False)
+    assert f"cannot assume {ROLE}: AccessDenied" in failure.detail
     assert emulator.calls == []
     assert fake.requests == []
 
@@ -591,10 +588,9 @@ def test_an_sts_that_does_not_answer_fails_the_try_within_the_targets_timeout(
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", silent_endpoint)
     started = time.monotonic()
 
-    with pytest.raises(DeliveryFailed) as caught:
-        downstreams.get(mwaa_target("team-c-prod", mwaa={"role_arn": ROLE}, timeout_s=1)).deliver(an_envelope())
+    failure = failure_of(downstreams.get(mwaa_target("team-c-prod", mwaa={"role_arn": ROLE}, timeout_s=1)))
 
     assert time.monotonic() - started < 4
-    assert caught.value.transient
-    assert "STS AssumeRole" in caught.value.detail
+    assert failure.transient
+    assert "STS AssumeRole" in failure.detail
     assert emulator.calls == []
