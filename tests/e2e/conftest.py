@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from devkit.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
 from devkit.listener_support import MotoSqs
+from devkit.local_forwarding import LocalStackProcess
 from devkit.paths import listener_extras
 
 AIRFLOW3_VERSION = "3.3.2"
@@ -90,3 +93,39 @@ def deployment_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         if failed:
             print(f"\n{deployment.logs()}", file=sys.stderr)
         deployment.stop()
+
+
+@contextmanager
+def deployments_running(
+    request: pytest.FixtureRequest,
+    stack: LocalStackProcess,
+    deployments: Mapping[str, AirflowDeployment],
+    logs: Callable[[], str],
+    *,
+    started: Callable[[str], bool] = lambda name: True,
+) -> Iterator[None]:
+    """For a module's world: migrate ``deployments`` side by side and start (api-server or webserver and scheduler)
+    those ``started`` names, ready to use; afterwards stop them all and the local ``stack``, first printing ``logs()``
+    if a test failed meanwhile."""
+
+    def start(name: str, deployment: AirflowDeployment) -> None:
+        deployment.migrate()
+        if started(name):
+            deployment.start()
+            deployment.wait_healthy(timeout_s=120)
+
+    failed_before = request.session.testsfailed
+    try:
+        begun = time.monotonic()
+        with ThreadPoolExecutor(len(deployments)) as pool:
+            for future in [pool.submit(start, name, d) for name, d in deployments.items()]:
+                future.result()
+        print(f"\n[e2e] {len(deployments)} deployments ready in {time.monotonic() - begun:.1f} s", file=sys.stderr)
+        yield
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(f"\n{logs()}", file=sys.stderr)
+        with ThreadPoolExecutor(len(deployments)) as pool:
+            for deployment in deployments.values():
+                pool.submit(deployment.stop)
+        print(f"[e2e] {stack.down()}", file=sys.stderr)
