@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ import pytest
 from devkit.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
 from devkit.listener_support import MotoSqs
 from devkit.local_forwarding import LocalStackProcess
-from devkit.paths import listener_extras
+from devkit.paths import REPO_ROOT, listener_extras
 
 AIRFLOW3_VERSION = "3.3.2"
 AIRFLOW2_VERSION = "2.11.2"
@@ -129,3 +130,20 @@ def deployments_running(
             for deployment in deployments.values():
                 pool.submit(deployment.stop)
         print(f"[e2e] {stack.down()}", file=sys.stderr)
+
+
+def make_dist(target: str, env: Mapping[str, str], wheel_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make <target>` (dist-cli, dist-listener) into a scratch directory with ``env``: the one wheel it built, which
+    must be ``wheel_name``."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT), target, f"DIST_DIR={out}"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [path.name for path in out.iterdir()] == [wheel_name]
+    return out / wheel_name
