@@ -104,10 +104,11 @@ def deployments_running(
     logs: Callable[[], str],
     *,
     started: Callable[[str], bool] = lambda name: True,
+    stack_up: bool = False,
 ) -> Iterator[None]:
     """For a module's world: migrate ``deployments`` side by side and start (api-server or webserver and scheduler)
-    those ``started`` names, ready to use; afterwards stop them all and the local ``stack``, first printing ``logs()``
-    if a test failed meanwhile."""
+    those ``started`` names, ready to use (``stack_up``: the local ``stack`` comes up beside them); afterwards stop
+    them all and the stack, first printing ``logs()`` if a test failed meanwhile."""
 
     def start(name: str, deployment: AirflowDeployment) -> None:
         deployment.migrate()
@@ -118,10 +119,12 @@ def deployments_running(
     failed_before = request.session.testsfailed
     try:
         begun = time.monotonic()
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            for future in [pool.submit(start, name, d) for name, d in deployments.items()]:
+        with ThreadPoolExecutor(len(deployments) + stack_up) as pool:
+            futures = [pool.submit(start, name, d) for name, d in deployments.items()]
+            for future in [*futures, *([pool.submit(stack.up)] if stack_up else [])]:
                 future.result()
-        print(f"\n[e2e] {len(deployments)} deployments ready in {time.monotonic() - begun:.1f} s", file=sys.stderr)
+        ready = f"{len(deployments)} deployments{' and the local stack' if stack_up else ''}"
+        print(f"\n[e2e] {ready} ready in {time.monotonic() - begun:.1f} s", file=sys.stderr)
         yield
     finally:
         if request.session.testsfailed > failed_before:
@@ -129,7 +132,8 @@ def deployments_running(
         with ThreadPoolExecutor(len(deployments)) as pool:
             for deployment in deployments.values():
                 pool.submit(deployment.stop)
-        print(f"[e2e] {stack.down()}", file=sys.stderr)
+        if stack.state:  # it came up
+            print(f"[e2e] {stack.down()}", file=sys.stderr)
 
 
 def make_dist(target: str, env: Mapping[str, str], wheel_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
