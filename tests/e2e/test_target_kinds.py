@@ -135,18 +135,24 @@ def _only_run(kinds: Kinds, af: str, dag_id: str, envelope: dict[str, Any]) -> N
 # --------------------------------------------------------------------------------------------------- HTTPS way in
 
 
+def _event_triggers_one_run(kinds: Kinds, af: str, target: str, uri: str, dag_id: str) -> None:
+    """An event for ``uri`` (its `trigger_dag` target registered) starts one run of ``dag_id`` on ``af``, with the
+    event in its conf, and is settled with that run's id."""
+    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
+
+    run = _wait_for_run(kinds, af, dag_id, envelope["id"])
+    _check_conf(run, envelope)
+    delivered = kinds.settled(envelope["id"], target)
+    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
+    _only_run(kinds, af, dag_id, envelope)
+
+
 @pytest.mark.parametrize("af", MAJORS)
 def test_https_trigger_dag_runs_the_dag_once_with_the_event_in_its_conf(kinds: Kinds, af: str) -> None:
     target, uri = f"https-trig-{af}", URI.format(case="https-trig", af=af)
     kinds.stack.put_target(target, kinds[af], [uri], dag_id="trig_https")
 
-    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
-
-    run = _wait_for_run(kinds, af, "trig_https", envelope["id"])
-    _check_conf(run, envelope)
-    delivered = kinds.settled(envelope["id"], target)
-    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
-    _only_run(kinds, af, "trig_https", envelope)
+    _event_triggers_one_run(kinds, af, target, uri, "trig_https")
 
 
 @pytest.mark.parametrize("af", MAJORS)
@@ -228,13 +234,7 @@ def test_mwaa_trigger_dag_runs_the_dag_once_with_the_event_in_its_conf(kinds: Ki
     target, uri = f"mwaa-trig-{af}", URI.format(case="mwaa-trig", af=af)
     kinds.stack.put_mwaa_target(target, f"mwaa-{af}", [uri], dag_id="trig_mwaa")
 
-    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
-
-    run = _wait_for_run(kinds, af, "trig_mwaa", envelope["id"])
-    _check_conf(run, envelope)
-    delivered = kinds.settled(envelope["id"], target)
-    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
-    _only_run(kinds, af, "trig_mwaa", envelope)
+    _event_triggers_one_run(kinds, af, target, uri, "trig_mwaa")
 
 
 def test_mwaa_cross_account_environment_admits_only_the_role_assumed_through_sts(kinds: Kinds) -> None:
