@@ -223,6 +223,13 @@ class _Item:
 _STOP = object()
 
 
+def _add(item: object, items: list[_Item]) -> bool:
+    """Add a queued ``item`` to ``items``; True when it is the mark to stop instead."""
+    if isinstance(item, _Item):
+        items.append(item)
+    return item is _STOP
+
+
 class BackgroundSender:
     """Background mode: ``submit`` costs a spool write and a queue put; a daemon thread does the sending.
 
@@ -415,11 +422,7 @@ class BackgroundSender:
             follow_up = self._queue.get(timeout=timeout_s)
         except queue.Empty:
             return False
-        if follow_up is _STOP:
-            return True
-        if isinstance(follow_up, _Item):
-            items.append(follow_up)
-        return None
+        return _add(follow_up, items) or None
 
     def _hold_burst(self, items: list[_Item], started: float) -> bool:
         """Sleep until the submits pause for ``burst_pause_s`` (at most ``max_wait_s`` after ``started``),
@@ -442,10 +445,8 @@ class BackgroundSender:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return False
-            if item is _STOP:
+            if _add(item, items):
                 return True
-            if isinstance(item, _Item):
-                items.append(item)
         return False
 
     def _await_pause(self, items: list[_Item]) -> bool:
@@ -464,10 +465,8 @@ class BackgroundSender:
                     item = self._queue.get(timeout=min(self.pause_s - calm, self.max_wait_s - waited))
                 except queue.Empty:
                     continue
-            if item is _STOP:
+            if _add(item, items):
                 return True
-            if isinstance(item, _Item):
-                items.append(item)
         return False
 
     def _next(self) -> object:
