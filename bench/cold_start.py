@@ -148,20 +148,12 @@ class Lab:
 
     def sample(self, kind: str, python: str = sys.executable) -> dict[str, Any]:
         """One fresh interpreter: import the handler, serve one record; seconds as the child measured them."""
-        module, directory = HANDLERS[kind]
+        module, _ = HANDLERS[kind]
         out = self.work / f"{kind}-{uuid.uuid4().hex}.json"
         code = CHILD.format(module=module, region=REGION)
         event = json.dumps(sqs_event(self.queue_arn, uri=URI))
         before = len(self.downstream.events)
-        done = subprocess.run(  # noqa: S603 - this interpreter, our own code
-            [python, "-c", code, event, str(out)],
-            cwd=directory,
-            env={**self.env, "PYTHONPATH": str(directory)},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_in_handler_dir(self.env, kind, [python, "-c", code, event, str(out)], check=False)
         if done.returncode != 0 or not out.exists():
             raise SystemExit(
                 f"{kind} cold start failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
@@ -170,6 +162,22 @@ class Lab:
         if result["response"] != {"batchItemFailures": []} or len(self.downstream.events) != before + 1:
             raise SystemExit(f"{kind} did not deliver its record: {result['response']}\n{done.stdout[-2000:]}")
         return result
+
+
+def run_in_handler_dir(
+    env: dict[str, str], kind: str, command: list[str], *, check: bool
+) -> subprocess.CompletedProcess[str]:
+    """``command`` (this interpreter, our own code) in the handler's directory, its only import path (as /var/task)."""
+    _, directory = HANDLERS[kind]
+    return subprocess.run(  # noqa: S603
+        command,
+        cwd=directory,
+        env={**env, "PYTHONPATH": str(directory)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
 
 
 @contextlib.contextmanager
@@ -188,16 +196,8 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def import_profile(lab: Lab, kind: str, python: str = sys.executable, top: int = 8) -> list[dict[str, Any]]:
     """`python -X importtime`: what the handler's import spends most on (its direct imports, cumulative)."""
-    module, directory = HANDLERS[kind]
-    done = subprocess.run(  # noqa: S603
-        [python, "-X", "importtime", "-c", f"import {module}"],
-        cwd=directory,
-        env={**lab.env, "PYTHONPATH": str(directory)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    module, _ = HANDLERS[kind]
+    done = run_in_handler_dir(lab.env, kind, [python, "-X", "importtime", "-c", f"import {module}"], check=True)
     pattern = re.compile(r"import time:\s+\d+ \|\s+(\d+) \|( +)(\S+)")
     lines = done.stderr.splitlines()
     entries = [((len(m.group(2)) - 1) // 2, m.group(3), int(m.group(1))) for m in map(pattern.match, lines) if m]

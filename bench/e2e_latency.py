@@ -64,7 +64,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -903,30 +903,25 @@ def _git() -> dict[str, Any]:
 
 def check_sane(result: dict[str, Any]) -> list[str]:
     """What makes the numbers unusable: missing steps, negative segments, merged or retried events, absurd totals."""
-    problems = []
-    forwarder = result["forwarder"]
-    runs = forwarder["runs"]
-    if len(runs) != result["settings"]["runs"]:
-        problems.append(f"{len(runs)} forwarder runs measured, {result['settings']['runs']} asked for")
-    for run in forwarder["warmup"] + runs:
-        segments = run["segments_s"]
-        missing = [name for name, value in segments.items() if value is None]
-        if missing:
-            problems.append(f"run {run['producer_run_id']}: no time for {missing}")
-            continue
-        steps = [segments[s.name] for s in FORWARDER_PATH]
-        if min(steps) < -CLOCK_SLACK_S:
-            problems.append(f"run {run['producer_run_id']}: a negative segment {segments}")
-        if abs(sum(steps) - segments["total"]) > 0.002 * len(steps):
-            problems.append(f"run {run['producer_run_id']}: segments do not add up to the total {segments}")
-        if not 0 < segments["total"] < SANE_TOTAL_S:
-            problems.append(f"run {run['producer_run_id']}: total {segments['total']} s")
-        if run["events_in_run"] != 1:
-            problems.append(f"run {run['producer_run_id']}: {run['events_in_run']} events merged into one run")
-        if run["receive_count"] != 1:
-            problems.append(f"run {run['producer_run_id']}: received {run['receive_count']} times (retried)")
+    problems = _runs_problems(
+        result["forwarder"],
+        runs_asked=result["settings"]["runs"],
+        steps=FORWARDER_PATH,
+        label="forwarder",
+        run_prefix="",
+        merged="{n} events merged into one run",
+    )
     for path in (*TRIGGER_PATHS, DAG_RUN_PATH):
-        problems += _trigger_problems(path, result.get(path.key))
+        section = result.get(path.key)
+        if section is not None:
+            problems += _runs_problems(
+                section,
+                runs_asked=section["runs_asked"],
+                steps=path_segments(path)[0],
+                label=path.key,
+                run_prefix=f"{path.key} ",
+                merged="the event started {n} runs",
+            )
     floors = result.get("floors") or {}
     if "not_run_reason" not in floors:
         for floor in FLOORS:
@@ -948,27 +943,29 @@ def check_sane(result: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _trigger_problems(path: TriggerPath, section: dict[str, Any] | None) -> list[str]:
-    if section is None:
-        return []
+def _runs_problems(
+    section: dict[str, Any], *, runs_asked: int, steps: Sequence[Segment], label: str, run_prefix: str, merged: str
+) -> list[str]:
+    """One measured path's problems: runs missing, a step not timed, a negative segment, segments that do not add
+    up, an absurd total, an event in more or fewer than one run (``merged``, with ``{n}``), a retried one."""
     problems = []
-    if len(section["runs"]) != section["runs_asked"]:
-        problems.append(f"{len(section['runs'])} {path.key} runs measured, {section['runs_asked']} asked for")
+    if len(section["runs"]) != runs_asked:
+        problems.append(f"{len(section['runs'])} {label} runs measured, {runs_asked} asked for")
     for run in section["warmup"] + section["runs"]:
-        name, segments = f"{path.key} run {run['producer_run_id']}", run["segments_s"]
+        name, segments = f"{run_prefix}run {run['producer_run_id']}", run["segments_s"]
         missing = [key for key, value in segments.items() if value is None]
         if missing:
             problems.append(f"{name}: no time for {missing}")
             continue
-        steps = [segments[s.name] for s in path_segments(path)[0]]
-        if min(steps) < -CLOCK_SLACK_S:
+        times = [segments[step.name] for step in steps]
+        if min(times) < -CLOCK_SLACK_S:
             problems.append(f"{name}: a negative segment {segments}")
-        if abs(sum(steps) - segments["total"]) > 0.002 * len(steps):
+        if abs(sum(times) - segments["total"]) > 0.002 * len(times):
             problems.append(f"{name}: segments do not add up to the total {segments}")
         if not 0 < segments["total"] < SANE_TOTAL_S:
             problems.append(f"{name}: total {segments['total']} s")
         if run["events_in_run"] != 1:
-            problems.append(f"{name}: the event started {run['events_in_run']} runs")
+            problems.append(f"{name}: {merged.format(n=run['events_in_run'])}")
         if run["receive_count"] != 1:
             problems.append(f"{name}: received {run['receive_count']} times (retried)")
     return problems

@@ -26,6 +26,15 @@ def wait_for(condition, timeout_s=5.0):
     return False
 
 
+def submit_all_and_see_each_sent_once(sending, spool, client, envelopes):
+    """Submit ``envelopes``: the spool empties and SQS has each of them exactly once."""
+    for envelope in envelopes:
+        sending.submit(envelope)
+
+    assert wait_for(lambda: spool.count() == 0)
+    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+
+
 def test_submit_returns_at_once_even_when_sqs_is_slow(spool, make_envelope):
     sending = background(spool, StubSqs(delay_s=0.5))
 
@@ -71,11 +80,7 @@ def test_events_wait_in_the_spool_during_an_outage_and_go_out_once_after(spool, 
     sending = background(spool, client, min_backoff_s=0.2)
     envelopes = [make_envelope(second=s) for s in range(3)]
 
-    for envelope in envelopes:
-        sending.submit(envelope)
-
-    assert wait_for(lambda: spool.count() == 0)
-    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+    submit_all_and_see_each_sent_once(sending, spool, client, envelopes)
     sending.close()
 
 
@@ -95,11 +100,7 @@ def test_full_queue_leaves_events_in_the_spool_for_the_thread(spool, make_envelo
     sending = background(spool, client, queue_size=1)
     envelopes = [make_envelope(second=s) for s in range(6)]
 
-    for envelope in envelopes:
-        sending.submit(envelope)
-
-    assert wait_for(lambda: spool.count() == 0)
-    assert sorted(json.loads(b)["id"] for b in client.bodies) == sorted(e["id"] for e in envelopes)
+    submit_all_and_see_each_sent_once(sending, spool, client, envelopes)
     sending.close()
 
 

@@ -115,6 +115,38 @@ def test_a_lone_event_goes_at_once_and_those_submitted_meanwhile_go_together(
     sending.close()
 
 
+def test_a_lone_event_is_not_taken_for_a_burst_with_one_the_sender_takes_up_late(
+    queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]]
+) -> None:
+    # Adaptive. The start-up catch-up sends the earlier event from the spool, so its queue entry waits until the
+    # send is over; a lone event submitted meanwhile (well apart from the earlier one) is in the queue with it
+    # when the sender takes that entry up, within the lone window of the lone event. Two queued entries, but
+    # not back to back: no burst, and the lone event is not held (a held one waits NEVER_S).
+    lone_window_s = 0.2  # wide, so that the sender takes the earlier entry up within it
+    sending = BackgroundSender(
+        Sender(SqsTransport(queue), spool, budget_s=60.0),
+        lone_window_s=lone_window_s,
+        burst_pause_s=NEVER_S,
+        max_wait_s=NEVER_S,
+        close_timeout_s=10.0,
+    )
+    proxy.set_gate(Gate.WAIT)
+    earlier = make_envelope(second=1)
+    sending.submit(earlier)
+    submitted = time.monotonic()
+    wait_for(lambda: proxy.ids(Gate.WAIT) == [earlier["id"]], "the earlier event to be in flight")
+    wait_for(lambda: time.monotonic() - submitted > lone_window_s, "the lone window to pass")  # the input's gap
+
+    lone = make_envelope(second=2)
+    sending.submit(lone)
+    proxy.set_gate(Gate.PASS)
+    proxy.release()
+
+    wait_for(lambda: spool.count() == 0 and len(proxy.requests) == 2, "the lone event to be sent")
+    assert [request.event_ids for request in proxy.requests] == [(earlier["id"],), (lone["id"],)]
+    sending.close()
+
+
 @pytest.mark.parametrize("batching", ["adaptive", "natural"])
 def test_a_burst_during_a_send_goes_in_full_batches(
     queue: str, proxy: SqsProxy, spool: Any, make_envelope: Callable[..., dict[str, Any]], batching: str

@@ -194,6 +194,27 @@ def settled_and_one_request_stuck(gate: Gate, proxy: SqsProxy, spool_dir: Path, 
     return proxy.count(gate) == requests and spool_state(spool_dir) == (events - passed - stuck, stuck)
 
 
+def kill_with_one_send_stuck(
+    start_upstream: StartUpstream,
+    proxy: SqsProxy,
+    spool_dir: Path,
+    *,
+    events: int,
+    sends_before_kill: int,
+    gate: Gate,
+    what: str,
+) -> None:
+    """An Airflow 3 upstream emits ``events`` events; its first ``sends_before_kill`` sends pass, the next one is
+    stuck at ``gate``; once that is so (``what``), it is killed."""
+    proxy.open()
+    proxy.set_gate(gate, after=sends_before_kill)
+    upstream = start_upstream("3", 0, events, endpoint=proxy.url, send_timeout_s=PATIENT_S)
+    wait_for(
+        lambda: upstream.emitted() and settled_and_one_request_stuck(gate, proxy, spool_dir, events), what, spool_dir
+    )
+    upstream.kill()
+
+
 def test_airflow_3_killed_while_a_send_hangs_before_sqs_restart_sends_every_event_exactly_once(
     proxy: SqsProxy, sqs: tuple[Any, str], spool_dir: Path, start_upstream: StartUpstream
 ) -> None:
@@ -203,17 +224,11 @@ def test_airflow_3_killed_while_a_send_hangs_before_sqs_restart_sends_every_even
 
     "None twice" holds strictly here because the kill cut the in-flight request before SQS had
     it; see the next tests for a send that landed right before the kill."""
-    events, sends_before_kill = 50, 2
-    proxy.open()
-    proxy.set_gate(Gate.HOLD, after=sends_before_kill)
-    upstream = start_upstream("3", 0, events, endpoint=proxy.url, send_timeout_s=PATIENT_S)
-
-    wait_for(
-        lambda: upstream.emitted() and settled_and_one_request_stuck(Gate.HOLD, proxy, spool_dir, events),
-        "two sends done and settled, the third in flight",
-        spool_dir,
-    )
-    upstream.kill()
+    events = 50
+    kill_with_one_send_stuck(
+        start_upstream, proxy, spool_dir, events=events, sends_before_kill=2, gate=Gate.HOLD,
+        what="two sends done and settled, the third in flight",
+    )  # fmt: skip
     interrupted = proxy.ids(Gate.HOLD)
     before = take_queued(sqs)
     assert len(before) == len(proxy.ids(Gate.PASS)) > 0
@@ -265,17 +280,11 @@ def test_airflow_3_killed_after_sqs_took_a_send_but_before_the_answer_resends_on
     A standard queue has no send-side deduplication, so after the restart the events of that one
     batch are on the queue twice, with the same envelope ids and bodies (the forwarder delivers
     each (id, target) once); every other event exactly once."""
-    events, sends_before_kill = 20, 1
-    proxy.open()
-    proxy.set_gate(Gate.SWALLOW, after=sends_before_kill)
-    upstream = start_upstream("3", 0, events, endpoint=proxy.url, send_timeout_s=PATIENT_S)
-
-    wait_for(
-        lambda: upstream.emitted() and settled_and_one_request_stuck(Gate.SWALLOW, proxy, spool_dir, events),
-        "one send done and settled, the second on the queue but unanswered",
-        spool_dir,
-    )
-    upstream.kill()
+    events = 20
+    kill_with_one_send_stuck(
+        start_upstream, proxy, spool_dir, events=events, sends_before_kill=1, gate=Gate.SWALLOW,
+        what="one send done and settled, the second on the queue but unanswered",
+    )  # fmt: skip
     landed = proxy.ids(Gate.SWALLOW)
     before = take_queued(sqs)
     assert len(before) == len(proxy.ids(Gate.PASS)) + len(landed)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from devkit.airflow_env import AirflowDeployment, DeploymentFactory, User, ensure_airflow_venv
 from devkit.listener_support import MotoSqs
-from devkit.paths import listener_extras
+from devkit.local_forwarding import LocalStackProcess
+from devkit.paths import REPO_ROOT, listener_extras
 
 AIRFLOW3_VERSION = "3.3.2"
 AIRFLOW2_VERSION = "2.11.2"
@@ -90,3 +94,60 @@ def deployment_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterat
         if failed:
             print(f"\n{deployment.logs()}", file=sys.stderr)
         deployment.stop()
+
+
+@contextmanager
+def deployments_running(
+    request: pytest.FixtureRequest,
+    stack: LocalStackProcess,
+    deployments: Mapping[str, AirflowDeployment],
+    logs: Callable[[], str],
+    *,
+    started: Callable[[str], bool] = lambda name: True,
+    stack_up: bool = False,
+) -> Iterator[None]:
+    """For a module's world: migrate ``deployments`` side by side and start (api-server or webserver and scheduler)
+    those ``started`` names, ready to use (``stack_up``: the local ``stack`` comes up beside them); afterwards stop
+    them all and the stack, first printing ``logs()`` if a test failed meanwhile."""
+
+    def start(name: str, deployment: AirflowDeployment) -> None:
+        deployment.migrate()
+        if started(name):
+            deployment.start()
+            deployment.wait_healthy(timeout_s=120)
+
+    failed_before = request.session.testsfailed
+    try:
+        begun = time.monotonic()
+        with ThreadPoolExecutor(len(deployments) + stack_up) as pool:
+            futures = [pool.submit(start, name, d) for name, d in deployments.items()]
+            for future in [*futures, *([pool.submit(stack.up)] if stack_up else [])]:
+                future.result()
+        ready = f"{len(deployments)} deployments{' and the local stack' if stack_up else ''}"
+        print(f"\n[e2e] {ready} ready in {time.monotonic() - begun:.1f} s", file=sys.stderr)
+        yield
+    finally:
+        if request.session.testsfailed > failed_before:
+            print(f"\n{logs()}", file=sys.stderr)
+        with ThreadPoolExecutor(len(deployments)) as pool:
+            for deployment in deployments.values():
+                pool.submit(deployment.stop)
+        if stack.state:  # it came up
+            print(f"[e2e] {stack.down()}", file=sys.stderr)
+
+
+def make_dist(target: str, env: Mapping[str, str], wheel_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`make <target>` (dist-cli, dist-listener) into a scratch directory with ``env``: the one wheel it built, which
+    must be ``wheel_name``."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run(
+        ["make", "-s", "-C", str(REPO_ROOT), target, f"DIST_DIR={out}"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [path.name for path in out.iterdir()] == [wheel_name]
+    return out / wheel_name

@@ -13,11 +13,12 @@ from devkit.airflow_env import DeploymentFactory, venv_key
 
 BEARS = "s3://bucket/bears"
 
-AIRFLOW3_DAGS = {
+# The same two DAGs for both majors; Airflow 2 calls an asset a dataset.
+DAGS = {
     "producer.py": f"""
 from datetime import datetime, timezone
 
-from airflow.sdk import DAG, Asset, task
+{{imports}}
 
 with DAG("producer", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
     @task(outlets=[Asset("{BEARS}")])
@@ -29,7 +30,7 @@ with DAG("producer", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timez
     "consumer.py": f"""
 from datetime import datetime, timezone
 
-from airflow.sdk import DAG, Asset, task
+{{imports}}
 
 with DAG("consumer", schedule=[Asset("{BEARS}")], start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)):
     @task
@@ -39,37 +40,12 @@ with DAG("consumer", schedule=[Asset("{BEARS}")], start_date=datetime(2024, 1, 1
     consume()
 """,
 }
-
-AIRFLOW2_DAGS = {
-    "producer.py": f"""
-from datetime import datetime, timezone
-
-from airflow import DAG
-from airflow.datasets import Dataset
-from airflow.decorators import task
-
-with DAG("producer", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
-    @task(outlets=[Dataset("{BEARS}")])
-    def produce():
-        return 42
-
-    produce()
-""",
-    "consumer.py": f"""
-from datetime import datetime, timezone
-
-from airflow import DAG
-from airflow.datasets import Dataset
-from airflow.decorators import task
-
-with DAG("consumer", schedule=[Dataset("{BEARS}")], start_date=datetime(2024, 1, 1, tzinfo=timezone.utc)):
-    @task
-    def consume():
-        return 1
-
-    consume()
-""",
-}
+AIRFLOW3_IMPORTS = "from airflow.sdk import DAG, Asset, task"
+AIRFLOW2_IMPORTS = (
+    "from airflow import DAG\nfrom airflow.datasets import Dataset as Asset\nfrom airflow.decorators import task"
+)
+AIRFLOW3_DAGS = {name: source.format(imports=AIRFLOW3_IMPORTS) for name, source in DAGS.items()}
+AIRFLOW2_DAGS = {name: source.format(imports=AIRFLOW2_IMPORTS) for name, source in DAGS.items()}
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from devkit.paths import REPO_ROOT
+from tests.e2e.conftest import make_dist
 
 pytestmark = pytest.mark.e2e
 
@@ -27,19 +28,8 @@ SOURCE_ROOTS = {"dataset_forwarder": REPO_ROOT / "functions" / "forwarder", "dat
 
 @pytest.fixture(scope="module")
 def cli_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("dist")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    done = subprocess.run(
-        ["make", "-s", "-C", str(REPO_ROOT), "dist-cli", f"DIST_DIR={out}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert [path.name for path in out.iterdir()] == [WHEEL_NAME]
-    return out / WHEEL_NAME
+    return make_dist("dist-cli", env, WHEEL_NAME, tmp_path_factory)
 
 
 def test_wheel_holds_every_module_of_the_core_and_the_cli(cli_wheel: Path) -> None:

@@ -15,10 +15,7 @@ the `dagrun://` asset/dataset and (b) a `trigger_dag` target with the outcome in
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import pytest
 
 from devkit.airflow_env import AirflowDeployment
 from devkit.local_forwarding import LocalStackProcess, asset_events, wait_until
+from tests.e2e.conftest import deployments_running
 
 pytestmark = pytest.mark.e2e
 
@@ -175,12 +173,6 @@ class World:
         ]
 
 
-def _start(deployment: AirflowDeployment) -> None:
-    deployment.migrate()
-    deployment.start()
-    deployment.wait_healthy(timeout_s=120)
-
-
 @pytest.fixture(scope="module")
 def world(
     request: pytest.FixtureRequest,
@@ -199,23 +191,10 @@ def world(
         deployment.env.update(LISTENER_ENV[name])
         deployments[name] = deployment
     world = World(stack, deployments)
-    failed_before = request.session.testsfailed
-    try:
-        started = time.monotonic()
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            for future in [pool.submit(_start, d) for d in deployments.values()]:
-                future.result()
-        print(f"\n[e2e] 3 deployments ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    with deployments_running(request, stack, deployments, world.logs):
         for spec in TARGETS:
             put_target(stack, spec, deployments[spec.deployment])
         yield world
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n{world.logs()}", file=sys.stderr)
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            for deployment in deployments.values():
-                pool.submit(deployment.stop)
-        print(f"[e2e] {stack.down()}", file=sys.stderr)
 
 
 def _outcome_of(run: dict[str, Any], deployment: AirflowDeployment) -> str | None:

@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +45,7 @@ from devkit.local_forwarding import (
     wait_for_forwarded_run,
     wait_until,
 )
-from tests.e2e.conftest import AIRFLOW2_VERSION, AIRFLOW3_VERSION
+from tests.e2e.conftest import AIRFLOW2_VERSION, AIRFLOW3_VERSION, deployments_running
 
 RESULTS = Path(
     os.environ.get("E2E_LATENCY_OUT") or Path(tempfile.gettempdir()) / "airflow-dataset-forwarder" / "e2e_latency.json"
@@ -138,14 +137,6 @@ def _delta(start: float, end: float | None) -> float | None:
     return None if end is None else round(end - start, 3)
 
 
-def _start(deployment: AirflowDeployment, running: bool) -> AirflowDeployment:
-    deployment.migrate()
-    if running:
-        deployment.start()
-        deployment.wait_healthy(timeout_s=120)
-    return deployment
-
-
 @pytest.fixture(scope="module")
 def world(
     request: pytest.FixtureRequest,
@@ -168,25 +159,13 @@ def world(
             deployment.env["DATASET_FORWARDER_INCLUDE"] = LOOP  # forwards on only what the loop test needs
         deployments[name] = deployment
     world = World(stack, deployments)
-    failed_before = request.session.testsfailed
     try:
-        started = time.monotonic()
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            futures = [pool.submit(_start, d, name != "up2") for name, d in deployments.items()]
-            for future in futures:
-                future.result()
-        print(f"\n[e2e] 4 deployments ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
-        down3_datasets = [MATRIX.format(up="*", down="down3"), FANOUT, FANIN_A, FANIN_B, LOOP]
-        stack.put_target("down3", deployments["down3"], down3_datasets)
-        stack.put_target("down2", deployments["down2"], [MATRIX.format(up="*", down="down2"), FANOUT])
-        yield world
+        with deployments_running(request, stack, deployments, world.logs, started=lambda name: name != "up2"):
+            down3_datasets = [MATRIX.format(up="*", down="down3"), FANOUT, FANIN_A, FANIN_B, LOOP]
+            stack.put_target("down3", deployments["down3"], down3_datasets)
+            stack.put_target("down2", deployments["down2"], [MATRIX.format(up="*", down="down2"), FANOUT])
+            yield world
     finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n{world.logs()}", file=sys.stderr)
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            for deployment in deployments.values():
-                pool.submit(deployment.stop)
-        print(f"[e2e] {stack.down()}", file=sys.stderr)
         _write_results(world)
 
 

@@ -115,22 +115,21 @@ def migrated_deployment(
         deployment.stop()
 
 
-@pytest.fixture(scope="module")
-def af3(
-    request: pytest.FixtureRequest, airflow3_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
-) -> Iterator[AirflowDeployment]:
-    yield from migrated_deployment(
-        request, airflow3_venv, tmp_path_factory.mktemp("af3"), AF3_NAME, AIRFLOW3_PRODUCER, moto
-    )
+def migrated_deployment_fixture(venv_fixture: str, home: str, name: str, producer: str) -> Any:
+    """A module-scoped fixture: ``migrated_deployment`` in the venv of fixture ``venv_fixture``, in a fresh ``home``."""
+
+    @pytest.fixture(scope="module")
+    def deployment(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
+    ) -> Iterator[AirflowDeployment]:
+        venv = request.getfixturevalue(venv_fixture)
+        yield from migrated_deployment(request, venv, tmp_path_factory.mktemp(home), name, producer, moto)
+
+    return deployment
 
 
-@pytest.fixture(scope="module")
-def af2(
-    request: pytest.FixtureRequest, airflow2_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
-) -> Iterator[AirflowDeployment]:
-    yield from migrated_deployment(
-        request, airflow2_venv, tmp_path_factory.mktemp("af2"), AF2_NAME, AIRFLOW2_PRODUCER, moto
-    )
+af3 = migrated_deployment_fixture("airflow3_venv", "af3", AF3_NAME, AIRFLOW3_PRODUCER)
+af2 = migrated_deployment_fixture("airflow2_venv", "af2", AF2_NAME, AIRFLOW2_PRODUCER)
 
 
 def target(queue_url: str, spool: Path, **more: str | None) -> dict[str, str | None]:
@@ -196,6 +195,27 @@ def producer_run_id(run: DagsTest) -> str:
     return found[-1]
 
 
+def dags_test_sends_the_bears_task_event(
+    deployment: AirflowDeployment,
+    moto: MotoSqs,
+    validator: Draft202012Validator,
+    queue: str,
+    spool: Path,
+    **env: str | None,
+) -> None:
+    """`dags test producer` succeeds, and then its task's BEARS event alone is on ``queue`` (FISH is outside the
+    include glob), once, with the task's extra and source."""
+    run = dags_test(deployment, "producer", **target(queue, spool, **env))
+
+    assert_succeeded(run)
+    messages = moto.drain(queue)
+    assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())
+    check_envelope(
+        messages[0], validator, deployment, uri=BEARS, extra=BEAR_EXTRA, dag_id="producer", task_id="get_bear",
+        run_id=producer_run_id(run), map_index=-1, trail=[deployment.name],
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------- Airflow 3
 
 
@@ -204,16 +224,9 @@ def test_airflow3_dags_test_sends_task_event_with_runtime_extra(
 ) -> None:
     queue, spool = moto.create_queue("af3-dags-test"), tmp_path / "spool"
 
-    run = dags_test(af3, "producer", **target(queue, spool))
+    # `dags test` has exited and drained its sender: what it sent is on the queue now.
+    dags_test_sends_the_bears_task_event(af3, moto, validator, queue, spool)
 
-    assert_succeeded(run)
-    # `dags test` has exited and drained its sender: what it sent is on the queue now. FISH is outside the include glob.
-    messages = moto.drain(queue)
-    assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())
-    check_envelope(
-        messages[0], validator, af3, uri=BEARS, extra=BEAR_EXTRA,
-        dag_id="producer", task_id="get_bear", run_id=producer_run_id(run), map_index=-1, trail=[AF3_NAME],
-    )  # fmt: skip
     assert spool_leftovers(spool) == []
 
 
@@ -384,15 +397,8 @@ def test_airflow2_dags_test_sends_outlet_events_extra(
 ) -> None:
     queue, spool = moto.create_queue("af2-dags-test"), tmp_path / "spool"
 
-    run = dags_test(af2, "producer", **target(queue, spool))
+    dags_test_sends_the_bears_task_event(af2, moto, validator, queue, spool)  # Airflow 2 sends before the hook returns
 
-    assert_succeeded(run)
-    messages = moto.drain(queue)  # Airflow 2 sends before the hook returns
-    assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())
-    check_envelope(
-        messages[0], validator, af2, uri=BEARS, extra=BEAR_EXTRA,
-        dag_id="producer", task_id="get_bear", run_id=producer_run_id(run), map_index=-1, trail=[AF2_NAME],
-    )  # fmt: skip
     assert spool_leftovers(spool) == []
 
 
@@ -449,15 +455,10 @@ def test_airflow2_with_the_forwarding_manager_sends_a_task_event_once(
 ) -> None:
     queue, spool = moto.create_queue("af2-manager-dags-test"), tmp_path / "spool"
 
-    run = dags_test(af2, "producer", **target(queue, spool, AIRFLOW__CORE__DATASET_MANAGER_CLASS=MANAGER))
-
-    assert_succeeded(run)
-    messages = moto.drain(queue)
-    assert [m.uri for m in messages] == [BEARS], ([m.body for m in messages], run.tail())  # the hook's, not twice
-    check_envelope(
-        messages[0], validator, af2, uri=BEARS, extra=BEAR_EXTRA,
-        dag_id="producer", task_id="get_bear", run_id=producer_run_id(run), map_index=-1, trail=[AF2_NAME],
-    )  # fmt: skip
+    # The hook's event, not twice (the manager does not send it again).
+    dags_test_sends_the_bears_task_event(
+        af2, moto, validator, queue, spool, AIRFLOW__CORE__DATASET_MANAGER_CLASS=MANAGER
+    )
 
 
 @pytest.fixture(scope="class")

@@ -27,7 +27,7 @@ from jsonschema import Draft202012Validator
 from devkit.airflow_env import AirflowDeployment, ensure_airflow_venv, poll
 from devkit.listener_support import Message, MotoSqs, dags_test, env_changed, envelope_validator, spool_leftovers
 from devkit.paths import listener_extras
-from tests.e2e.test_listener import migrated_deployment, target
+from tests.e2e.test_listener import migrated_deployment_fixture, target
 
 pytestmark = pytest.mark.e2e
 
@@ -85,29 +85,13 @@ EXTRA_KEYS = {"dag_id", "run_id", "state", "run_type", "logical_date", "start_da
 
 
 @pytest.fixture(scope="module")
-def af3(
-    request: pytest.FixtureRequest, airflow3_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
-) -> Iterator[AirflowDeployment]:
-    yield from migrated_deployment(
-        request, airflow3_venv, tmp_path_factory.mktemp("af3-runs"), AF3_NAME, AIRFLOW3_DAGS, moto
-    )
+def airflow29_venv() -> Path:
+    return ensure_airflow_venv(AIRFLOW29_VERSION, listener_extras())
 
 
-@pytest.fixture(scope="module")
-def af2(
-    request: pytest.FixtureRequest, airflow2_venv: Path, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
-) -> Iterator[AirflowDeployment]:
-    yield from migrated_deployment(
-        request, airflow2_venv, tmp_path_factory.mktemp("af2-runs"), AF2_NAME, AIRFLOW2_DAGS, moto
-    )
-
-
-@pytest.fixture(scope="module")
-def af29(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, moto: MotoSqs
-) -> Iterator[AirflowDeployment]:
-    venv = ensure_airflow_venv(AIRFLOW29_VERSION, listener_extras())
-    yield from migrated_deployment(request, venv, tmp_path_factory.mktemp("af29-runs"), AF29_NAME, AIRFLOW2_DAGS, moto)
+af3 = migrated_deployment_fixture("airflow3_venv", "af3-runs", AF3_NAME, AIRFLOW3_DAGS)
+af2 = migrated_deployment_fixture("airflow2_venv", "af2-runs", AF2_NAME, AIRFLOW2_DAGS)
+af29 = migrated_deployment_fixture("airflow29_venv", "af29-runs", AF29_NAME, AIRFLOW2_DAGS)
 
 
 @pytest.fixture(scope="module")

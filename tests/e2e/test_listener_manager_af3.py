@@ -7,16 +7,20 @@ with it, the one envelope of the task's event carries both, and the `on_asset_ch
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import pytest
 
-from devkit.airflow_env import ensure_airflow_venv
 from devkit.listener_support import MotoSqs, dags_test, envelope_validator, spool_leftovers
-from devkit.paths import listener_extras
-from tests.e2e.test_listener import AIRFLOW3_PRODUCER, BEAR_EXTRA, BEARS, migrated_deployment, producer_run_id, target
-from tests.e2e.test_listener_releases import NO_EVENT_HOOK_WARNING, PINS
+from tests.e2e.test_listener import (
+    AIRFLOW3_PRODUCER,
+    BEAR_EXTRA,
+    BEARS,
+    assert_succeeded,
+    producer_run_id,
+    target,
+)
+from tests.e2e.test_listener_releases import NO_EVENT_HOOK_WARNING, release_deployment
 
 pytestmark = pytest.mark.e2e
 
@@ -27,17 +31,12 @@ ASSET_MANAGER = "dataset_forwarder_listener.manager_af3.ForwardingAssetManager"
 def test_asset_manager_forwards_the_task_s_event_once_with_extra_and_source(
     version: str, moto: MotoSqs, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    venv = ensure_airflow_venv(version, (*listener_extras(), *PINS.get(version, ())))
     name = f"team-mgr-{version.replace('.', '-')}"
-    queue, spool = moto.create_queue(name), tmp_path / "spool"
-    with contextlib.contextmanager(migrated_deployment)(
-        request, venv, tmp_path, name, AIRFLOW3_PRODUCER, moto
-    ) as deployment:
+    with release_deployment(request, version, name, AIRFLOW3_PRODUCER, moto, tmp_path) as (deployment, queue, spool):
         manager = {"AIRFLOW__CORE__ASSET_MANAGER_CLASS": ASSET_MANAGER}
         run = dags_test(deployment, "producer", **target(queue, spool, **manager))
 
-        assert run.done.returncode == 0, run.tail()
-        assert run.run_state == "success", run.tail()
+        assert_succeeded(run)
         received = moto.drain(queue)  # `dags test` has exited: what it sent is on the queue
         assert [m.uri for m in received] == [BEARS], ([m.body for m in received], run.tail())  # once; FISH excluded
         body = received[0].body

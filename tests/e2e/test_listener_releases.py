@@ -15,11 +15,12 @@ as one `dag_run` envelope (the DAG-run hooks have the same signature on every re
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devkit.airflow_env import ensure_airflow_venv
+from devkit.airflow_env import AirflowDeployment, ensure_airflow_venv
 from devkit.listener_support import MotoSqs, dags_test, envelope_validator, spool_leftovers
 from devkit.paths import listener_extras
 from tests.e2e.test_listener import (
@@ -28,6 +29,7 @@ from tests.e2e.test_listener import (
     BEAR_EXTRA,
     BEARS,
     MANAGER,
+    assert_succeeded,
     migrated_deployment,
     producer_run_id,
     target,
@@ -63,6 +65,18 @@ with DAG("producer", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timez
 """
 
 
+@contextlib.contextmanager
+def release_deployment(
+    request: pytest.FixtureRequest, version: str, name: str, producer: str, moto: MotoSqs, tmp_path: Path
+) -> Iterator[tuple[AirflowDeployment, str, Path]]:
+    """A migrated deployment ``name`` of Airflow ``version`` (with its PINS) and the listener from this checkout, with
+    a fresh queue of the same name and a spool in ``tmp_path``: (deployment, queue, spool)."""
+    venv = ensure_airflow_venv(version, (*listener_extras(), *PINS.get(version, ())))
+    queue, spool = moto.create_queue(name), tmp_path / "spool"
+    with contextlib.contextmanager(migrated_deployment)(request, venv, tmp_path, name, producer, moto) as deployment:
+        yield deployment, queue, spool
+
+
 def _producer(version: str) -> str:
     if version.startswith("2.9."):
         return AIRFLOW29_PRODUCER
@@ -73,20 +87,15 @@ def _producer(version: str) -> str:
 def test_release_forwards_the_producer_s_event(
     version: str, moto: MotoSqs, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    venv = ensure_airflow_venv(version, (*listener_extras(), *PINS.get(version, ())))
     name = f"team-{version.replace('.', '-')}"
-    queue, spool = moto.create_queue(name), tmp_path / "spool"
-    with contextlib.contextmanager(migrated_deployment)(
-        request, venv, tmp_path, name, _producer(version), moto
-    ) as deployment:
+    with release_deployment(request, version, name, _producer(version), moto, tmp_path) as (deployment, queue, spool):
         # Airflow 2: with the forwarding dataset manager too, which must leave task events to the hook.
         manager = {"AIRFLOW__CORE__DATASET_MANAGER_CLASS": MANAGER} if version.startswith("2.") else {}
         run = dags_test(
             deployment, "producer", **target(queue, spool, DATASET_FORWARDER_DAG_RUNS="producer", **manager)
         )
 
-        assert run.done.returncode == 0, run.tail()
-        assert run.run_state == "success", run.tail()
+        assert_succeeded(run)
         received = moto.drain(queue)  # `dags test` has exited: what it sent is on the queue
         runs = [m for m in received if m.body.get("kind") == "dag_run"]
         messages = [m for m in received if m.body.get("kind") != "dag_run"]

@@ -26,7 +26,7 @@ from jsonschema import Draft202012Validator
 from devkit.airflow_env import AirflowDeployment, cache_dir, ensure_airflow_venv
 from devkit.listener_support import MotoSqs, apply_env, dags_test, envelope_validator, listener_env
 from devkit.paths import REPO_ROOT
-from tests.e2e.conftest import AIRFLOW3_VERSION
+from tests.e2e.conftest import AIRFLOW3_VERSION, make_dist
 from tests.e2e.test_listener import (
     AIRFLOW3_PRODUCER,
     BEAR_EXTRA,
@@ -69,18 +69,7 @@ def listener_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The path is part of the Airflow venv's key: the same bytes at the same path reuse the venv (the build is
     reproducible), a changed listener gets a venv of its own.
     """
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run(
-        ["make", "-s", "-C", str(REPO_ROOT), "dist-listener", f"DIST_DIR={out}"],
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert [path.name for path in out.iterdir()] == [WHEEL_NAME]
-    built = out / WHEEL_NAME
+    built = make_dist("dist-listener", _clean_env(), WHEEL_NAME, tmp_path_factory)
     digest = hashlib.sha256(built.read_bytes()).hexdigest()[:16]
     kept = cache_dir() / "wheels" / digest / WHEEL_NAME
     if not kept.is_file():

@@ -14,32 +14,21 @@ import pytest
 from dataset_forwarder_cli.local.mwaa import MwaaEmulator
 from devkit.airflow_env import AirflowDeployment, DeploymentFactory
 
+DAG = """
+from datetime import datetime, timezone
+
+{imports}
+
+with DAG("refresh", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
+    @task
+    def refresh():
+        return 1
+
+    refresh()
+"""
 DAGS = {
-    3: """
-from datetime import datetime, timezone
-
-from airflow.sdk import DAG, task
-
-with DAG("refresh", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
-    @task
-    def refresh():
-        return 1
-
-    refresh()
-""",
-    2: """
-from datetime import datetime, timezone
-
-from airflow import DAG
-from airflow.decorators import task
-
-with DAG("refresh", schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), catchup=False):
-    @task
-    def refresh():
-        return 1
-
-    refresh()
-""",
+    3: DAG.format(imports="from airflow.sdk import DAG, task"),
+    2: DAG.format(imports="from airflow import DAG\nfrom airflow.decorators import task"),
 }
 
 

@@ -14,11 +14,8 @@ MWAA environments of the emulator (the stack allows exactly these: MwaaEnvironme
 from __future__ import annotations
 
 import json
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from devkit.local_forwarding import (
     wait_for_forwarded_run,
     wait_until,
 )
+from tests.e2e.conftest import deployments_running
 
 MAJORS = ("af3", "af2")
 ROLE_ARN = "arn:aws:iam::210987654321:role/dataset-forwarder-invoke"
@@ -75,12 +73,6 @@ class Kinds:
         return lines[0]
 
 
-def _start(deployment: AirflowDeployment) -> None:
-    deployment.migrate()
-    deployment.start()
-    deployment.wait_healthy(timeout_s=120)
-
-
 @pytest.fixture(scope="module")
 def kinds(
     request: pytest.FixtureRequest, airflow3_venv: Path, airflow2_venv: Path, tmp_path_factory: pytest.TempPathFactory
@@ -106,23 +98,8 @@ def kinds(
         env=passwords,
     )
     kinds = Kinds(stack, deployments)
-    failed_before = request.session.testsfailed
-    try:
-        started = time.monotonic()
-        with ThreadPoolExecutor(3) as pool:
-            futures = [pool.submit(stack.up), *(pool.submit(_start, d) for d in deployments.values())]
-            for future in futures:
-                future.result()
-        print(f"\n[e2e] local stack, af3 and af2 ready in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    with deployments_running(request, stack, deployments, kinds.logs, stack_up=True):
         yield kinds
-    finally:
-        if request.session.testsfailed > failed_before:
-            print(f"\n{kinds.logs()}", file=sys.stderr)
-        with ThreadPoolExecutor(len(deployments)) as pool:
-            for deployment in deployments.values():
-                pool.submit(deployment.stop)
-        if stack.state:
-            print(f"[e2e] {stack.down()}", file=sys.stderr)
 
 
 def _wait_for_run(kinds: Kinds, af: str, dag_id: str, event_id: str) -> dict[str, Any]:
@@ -158,18 +135,24 @@ def _only_run(kinds: Kinds, af: str, dag_id: str, envelope: dict[str, Any]) -> N
 # --------------------------------------------------------------------------------------------------- HTTPS way in
 
 
+def _event_triggers_one_run(kinds: Kinds, af: str, target: str, uri: str, dag_id: str) -> None:
+    """An event for ``uri`` (its `trigger_dag` target registered) starts one run of ``dag_id`` on ``af``, with the
+    event in its conf, and is settled with that run's id."""
+    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
+
+    run = _wait_for_run(kinds, af, dag_id, envelope["id"])
+    _check_conf(run, envelope)
+    delivered = kinds.settled(envelope["id"], target)
+    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
+    _only_run(kinds, af, dag_id, envelope)
+
+
 @pytest.mark.parametrize("af", MAJORS)
 def test_https_trigger_dag_runs_the_dag_once_with_the_event_in_its_conf(kinds: Kinds, af: str) -> None:
     target, uri = f"https-trig-{af}", URI.format(case="https-trig", af=af)
     kinds.stack.put_target(target, kinds[af], [uri], dag_id="trig_https")
 
-    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
-
-    run = _wait_for_run(kinds, af, "trig_https", envelope["id"])
-    _check_conf(run, envelope)
-    delivered = kinds.settled(envelope["id"], target)
-    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
-    _only_run(kinds, af, "trig_https", envelope)
+    _event_triggers_one_run(kinds, af, target, uri, "trig_https")
 
 
 @pytest.mark.parametrize("af", MAJORS)
@@ -251,13 +234,7 @@ def test_mwaa_trigger_dag_runs_the_dag_once_with_the_event_in_its_conf(kinds: Ki
     target, uri = f"mwaa-trig-{af}", URI.format(case="mwaa-trig", af=af)
     kinds.stack.put_mwaa_target(target, f"mwaa-{af}", [uri], dag_id="trig_mwaa")
 
-    envelope = kinds.stack.send_envelope(uri, EXTRA, deployment=SENDER)
-
-    run = _wait_for_run(kinds, af, "trig_mwaa", envelope["id"])
-    _check_conf(run, envelope)
-    delivered = kinds.settled(envelope["id"], target)
-    assert delivered["downstream_id"] == trigger_run_id(envelope["id"]), delivered
-    _only_run(kinds, af, "trig_mwaa", envelope)
+    _event_triggers_one_run(kinds, af, target, uri, "trig_mwaa")
 
 
 def test_mwaa_cross_account_environment_admits_only_the_role_assumed_through_sts(kinds: Kinds) -> None:

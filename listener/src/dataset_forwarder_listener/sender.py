@@ -223,6 +223,13 @@ class _Item:
 _STOP = object()
 
 
+def _add(item: object, items: list[_Item]) -> bool:
+    """Add a queued ``item`` to ``items``; True when it is the mark to stop instead."""
+    if isinstance(item, _Item):
+        items.append(item)
+    return item is _STOP
+
+
 class BackgroundSender:
     """Background mode: ``submit`` costs a spool write and a queue put; a daemon thread does the sending.
 
@@ -284,6 +291,7 @@ class BackgroundSender:
         self._stop_deadline = 0.0
         self._overflow = False
         self._submitted_at = 0.0
+        self._back_to_back = False  # the latest submit followed the one before within lone_window_s
         self._restarts = 0
         # Owned by the thread:
         self._backlog = True  # files left by an earlier process may be waiting
@@ -299,7 +307,9 @@ class BackgroundSender:
         path = self.sender.spool.write(envelope, unique=unique)
         if self.sender.spool.refused:
             return  # an unsafe spool directory: nothing is forwarded from this process (the spool said why)
-        self._submitted_at = time.monotonic()
+        now = time.monotonic()
+        self._back_to_back = now - self._submitted_at < self.lone_window_s  # set first: read after _submitted_at
+        self._submitted_at = now
         self._ensure_started()
         try:
             self._queue.put_nowait(_Item(envelope, path))
@@ -395,17 +405,24 @@ class BackgroundSender:
         calm = started - self._submitted_at
         if calm >= self.lone_window_s:
             return self._drain(items)  # it came alone, or during a send and the submits have stopped since
-        if self._queue.empty():
-            # Just submitted: alone, unless another submit follows within the window (the start of a burst).
-            try:
-                follow_up = self._queue.get(timeout=self.lone_window_s - calm)
-            except queue.Empty:
-                return False
-            if follow_up is _STOP:
-                return True
-            if isinstance(follow_up, _Item):
-                items.append(follow_up)
-        return self._hold_burst(items, started)
+        if not self._back_to_back or self._queue.empty():
+            # Just submitted, and alone so far: what is queued came earlier, apart from it (the thread takes an
+            # entry up late when it was busy, e.g. catching up). A burst only if another submit follows in the window.
+            stop = self._await_follow_up(items, self.lone_window_s - calm)
+            if stop is not None:
+                return stop
+        return self._hold_burst(items, started)  # submits coming back to back: a burst
+
+    def _await_follow_up(self, items: list[_Item], timeout_s: float) -> bool | None:
+        """Add what is queued to ``items``, then wait up to ``timeout_s`` for one more submit: None when one came
+        (a burst starts), else True when the thread is to stop after sending ``items``."""
+        if self._drain(items):
+            return True
+        try:
+            follow_up = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return False
+        return _add(follow_up, items) or None
 
     def _hold_burst(self, items: list[_Item], started: float) -> bool:
         """Sleep until the submits pause for ``burst_pause_s`` (at most ``max_wait_s`` after ``started``),
@@ -428,10 +445,8 @@ class BackgroundSender:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 return False
-            if item is _STOP:
+            if _add(item, items):
                 return True
-            if isinstance(item, _Item):
-                items.append(item)
         return False
 
     def _await_pause(self, items: list[_Item]) -> bool:
@@ -450,10 +465,8 @@ class BackgroundSender:
                     item = self._queue.get(timeout=min(self.pause_s - calm, self.max_wait_s - waited))
                 except queue.Empty:
                     continue
-            if item is _STOP:
+            if _add(item, items):
                 return True
-            if isinstance(item, _Item):
-                items.append(item)
         return False
 
     def _next(self) -> object:
