@@ -303,13 +303,18 @@ class EventTrace:
 # --------------------------------------------------------------------------------------------------- DAG sources
 
 
+def dag_imports(major: int, *, assets: bool) -> str:
+    """The imports a DAG file needs on Airflow `major`: DAG and task, and with `assets` the asset class as `Dataset`."""
+    if major >= 3:
+        return "from airflow.sdk import DAG, Asset as Dataset, task" if assets else "from airflow.sdk import DAG, task"
+    dataset = "from airflow.datasets import Dataset\n" if assets else ""
+    return f"from airflow import DAG\n{dataset}from airflow.decorators import task"
+
+
 def producer_dag(major: int, dag_id: str, uris: Sequence[str], extra: Mapping[str, Any] | None = None) -> str:
     """A DAG with one task `produce` whose outlets are `uris`; each event's extra is `extra` plus the run id."""
     static = dict(extra or {"rows": 42})
-    if major >= 3:
-        header = "from airflow.sdk import DAG, Asset as Dataset, task"
-    else:
-        header = "from airflow import DAG\nfrom airflow.datasets import Dataset\nfrom airflow.decorators import task"
+    header = dag_imports(major, assets=True)
     return f"""
 from datetime import datetime, timezone
 
@@ -329,10 +334,7 @@ with DAG({dag_id!r}, schedule=None, start_date=datetime(2024, 1, 1, tzinfo=timez
 
 def consumer_dag(major: int, dag_id: str, uris: Sequence[str]) -> str:
     """A DAG scheduled on every one of `uris` (all of them must have an event)."""
-    if major >= 3:
-        header = "from airflow.sdk import DAG, Asset as Dataset, task"
-    else:
-        header = "from airflow import DAG\nfrom airflow.datasets import Dataset\nfrom airflow.decorators import task"
+    header = dag_imports(major, assets=True)
     return f"""
 from datetime import datetime, timezone
 
@@ -355,10 +357,7 @@ with DAG(
 def triggered_dag(major: int, dag_id: str) -> str:
     """A DAG with no schedule, for `trigger_dag` targets: its task `check` fails unless the run's conf carries a
     forwarded event (`dataset_forwarder` with id, uri and trail), so a successful run proves the conf arrived."""
-    if major >= 3:
-        header = "from airflow.sdk import DAG, task"
-    else:
-        header = "from airflow import DAG\nfrom airflow.decorators import task"
+    header = dag_imports(major, assets=False)
     return f"""
 from datetime import datetime, timezone
 
